@@ -1,0 +1,1 @@
+"""Cryptography with no I/O: signatures, sealing, padding, safety numbers, at-rest encryption."""
