@@ -80,7 +80,7 @@ def open_descriptor(
     """
     try:
         descriptor = _decoder.decode(signed.body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, "malformed descriptor") from exc
     if expected_key is not None and descriptor.server_key != expected_key:
         raise ProtocolError(ErrorCode.BAD_SIGNATURE, "descriptor signed by another server key")

@@ -80,19 +80,19 @@ def encode_struct(value: SealedBox | Sealed | Payload) -> bytes:
 def decode_sealed_box(data: bytes) -> SealedBox:
     try:
         return _box_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecryptionError("malformed sealed box") from exc
 
 
 def decode_sealed(data: bytes) -> Sealed:
     try:
         return _sealed_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecryptionError("malformed sealed envelope") from exc
 
 
 def decode_payload(data: bytes) -> Payload:
     try:
         return _payload_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecryptionError("malformed payload") from exc

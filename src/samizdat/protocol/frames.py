@@ -276,6 +276,9 @@ def decode_client_frame(data: bytes, max_frame: int = limits.MAX_FRAME) -> Clien
         return _client_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, _reason(exc)) from exc
+    except UnicodeDecodeError as exc:
+        # msgspec lets invalid UTF-8 in a str field escape as UnicodeDecodeError.
+        raise ProtocolError(ErrorCode.BAD_FRAME, "invalid UTF-8 in a string") from exc
 
 
 def decode_server_frame(data: bytes, max_frame: int = limits.MAX_FRAME) -> ServerFrame:
@@ -289,6 +292,9 @@ def decode_server_frame(data: bytes, max_frame: int = limits.MAX_FRAME) -> Serve
         return _server_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, _reason(exc)) from exc
+    except UnicodeDecodeError as exc:
+        # msgspec lets invalid UTF-8 in a str field escape as UnicodeDecodeError.
+        raise ProtocolError(ErrorCode.BAD_FRAME, "invalid UTF-8 in a string") from exc
 
 
 def _reason(exc: msgspec.DecodeError) -> str:

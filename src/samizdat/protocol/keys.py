@@ -94,7 +94,7 @@ def decode_device_list(signed: SignedDeviceList) -> DeviceList:
     """
     try:
         device_list = _device_list_decoder.decode(signed.body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, "malformed device list") from exc
     verify_device_list(device_list, signed)
     return device_list

@@ -84,7 +84,7 @@ def decode_server_link(text: str) -> ServerLink:
     """
     try:
         return _server_decoder.decode(_payload(text, "server"))
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, "malformed server link") from exc
 
 
@@ -100,5 +100,5 @@ def decode_invite(text: str) -> Invite:
     """
     try:
         return _invite_decoder.decode(_payload(text, "invite"))
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, "malformed invite") from exc

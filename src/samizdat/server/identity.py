@@ -1,0 +1,247 @@
+"""The server's long-term key, its TLS certificates and its signed descriptor (DESIGN §4).
+
+On first start in a data directory this creates:
+
+* ``server.key`` — the Ed25519 seed that signs descriptors (mode 0600);
+* ``tls-ca.pem`` / ``tls-ca.key`` — a self-signed CA; its DER goes into the descriptor
+  and is the only anchor a client trusts;
+* ``tls.pem`` / ``tls.key`` — the TLS leaf signed by that CA, presented by the server;
+  clients also pin the SHA-256 of its SubjectPublicKeyInfo.
+
+Later starts reuse them. The leaf is re-issued (and the pin changes) only when it is
+close to expiry; the descriptor is re-signed on every start, with a higher ``seq``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from samizdat.crypto.signing import SigningKey
+from samizdat.protocol.descriptor import Descriptor, Endpoint, SignedDescriptor, sign_descriptor
+from samizdat.protocol.links import ServerLink, encode_server_link
+
+__all__ = [
+    "DESCRIPTOR_LIFETIME_MS",
+    "ServerIdentity",
+    "load_or_create_identity",
+    "endpoint_url",
+    "spki_pin",
+    "write_private",
+]
+
+DESCRIPTOR_LIFETIME_MS: Final = 30 * 24 * 3600 * 1000
+_CA_LIFETIME = datetime.timedelta(days=3650)
+_LEAF_LIFETIME = datetime.timedelta(days=365)
+_LEAF_RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """Paths and public parts of the server's keys. Never shows a secret."""
+
+    signing_key: SigningKey = field(repr=False)
+    ca_der: bytes = field(repr=False)
+    cert_path: Path
+    key_path: Path
+    tls_pin: bytes = field(repr=False)
+
+    @property
+    def server_key(self) -> bytes:
+        return self.signing_key.public_bytes
+
+    def descriptor(self, endpoints: list[str], now_ms: int) -> SignedDescriptor:
+        """A freshly signed descriptor for ``endpoints`` (URLs); ``now_ms`` is its seq."""
+        descriptor = Descriptor(
+            server_key=self.server_key,
+            # Time as seq: increases across restarts without keeping a counter.
+            seq=now_ms,
+            endpoints=[Endpoint(url=url) for url in endpoints],
+            tls_ca=self.ca_der,
+            tls_pin=self.tls_pin,
+            issued_at=now_ms,
+            expires_at=now_ms + DESCRIPTOR_LIFETIME_MS,
+        )
+        return sign_descriptor(descriptor, self.signing_key)
+
+    def link(self, descriptor: SignedDescriptor) -> str:
+        return encode_server_link(ServerLink(version=1, descriptor=descriptor))
+
+
+def endpoint_url(host: str, port: int) -> str:
+    """``wss://host:port/v1/ws``, with IPv6 literals in brackets."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass
+    return f"wss://{host}:{port}/v1/ws"
+
+
+def spki_pin(cert: x509.Certificate) -> bytes:
+    """SHA-256 of the certificate's SubjectPublicKeyInfo (DER), as descriptors carry it."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).digest()
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret atomically, readable by the owner only (0600 from creation on)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _sans(hosts: list[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys(["127.0.0.1", "localhost", *hosts]):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def _make_ca(now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "samizdat server CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + _CA_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _make_leaf(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    hosts: list[str],
+    now: datetime.datetime,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "samizdat server")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + _LEAF_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def load_or_create_identity(data_dir: Path, hosts: list[str]) -> ServerIdentity:
+    """Load the server's keys from ``data_dir``, creating whatever is missing.
+
+    Args:
+        data_dir: the server's data directory (created with mode 0700 if missing).
+        hosts: names and addresses to put in a new leaf certificate's SAN (clients do
+            not check them, but ordinary TLS tools like to see them).
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    key_file = data_dir / "server.key"
+    if key_file.exists():
+        signing_key = SigningKey.from_secret_bytes(key_file.read_bytes())
+    else:
+        signing_key = SigningKey.generate()
+        write_private(key_file, signing_key.secret_bytes())
+
+    ca_cert_file, ca_key_file = data_dir / "tls-ca.pem", data_dir / "tls-ca.key"
+    if ca_cert_file.exists() and ca_key_file.exists():
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_file.read_bytes())
+        loaded = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError("tls-ca.key is not an EC key")
+        ca_key = loaded
+        new_ca = False
+    else:
+        ca_key, ca_cert = _make_ca(now)
+        write_private(ca_key_file, _pem_key(ca_key))
+        _write_public(ca_cert_file, ca_cert.public_bytes(serialization.Encoding.PEM))
+        new_ca = True
+
+    cert_file, leaf_key_file = data_dir / "tls.pem", data_dir / "tls.key"
+    leaf: x509.Certificate | None = None
+    if not new_ca and cert_file.exists() and leaf_key_file.exists():
+        leaf = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+        if leaf.not_valid_after_utc - now < _LEAF_RENEW_BEFORE:
+            leaf = None
+    if leaf is None:
+        leaf_key, leaf = _make_leaf(ca_key, ca_cert, hosts, now)
+        write_private(leaf_key_file, _pem_key(leaf_key))
+        # The chain the server presents: leaf, then the CA clients anchor on.
+        chain = leaf.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(
+            serialization.Encoding.PEM
+        )
+        _write_public(cert_file, chain)
+
+    return ServerIdentity(
+        signing_key=signing_key,
+        ca_der=ca_cert.public_bytes(serialization.Encoding.DER),
+        cert_path=cert_file,
+        key_path=leaf_key_file,
+        tls_pin=spki_pin(leaf),
+    )

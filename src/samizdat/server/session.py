@@ -1,0 +1,458 @@
+"""One client connection: every frame of protocol/frames.py, server side (DESIGN §5).
+
+The session knows nothing of WebSockets. Its driver (``app.py``) feeds it each received
+binary message with :meth:`Session.receive_bytes` and sends whatever
+:meth:`Session.next_frame` returns until it returns ``None`` (close the connection).
+Every request is answered in order, through one bounded outbox, so ``Ok`` to a
+``Subscribe`` always precedes the ``Deliver`` frames it starts, and a client that does
+not read slows down only itself.
+
+A subscribed session runs one delivery task: it fetches entries after its cursor from
+the store and pushes them, then sleeps until the bus says the mailbox has news. The store
+is the truth; the bus only says "look again".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from samizdat.crypto.signing import verify
+from samizdat.errors import ErrorCode, ProtocolError, SignatureError
+from samizdat.protocol import frames as f
+from samizdat.protocol import limits
+from samizdat.protocol.descriptor import SignedDescriptor
+from samizdat.protocol.keys import (
+    AUTH_CONTEXT,
+    auth_message,
+    decode_device_list,
+    verify_signed_key,
+)
+from samizdat.server.bus.base import Bus, Subscription
+from samizdat.server.ratelimit import KeyedBuckets, RateLimits, TokenBucket
+from samizdat.server.store.base import DepositItem, MailboxEntry, Store
+
+__all__ = ["SessionDeps", "ConsumerRegistry", "Session", "token_hash"]
+
+_log = logging.getLogger(__name__)
+
+#: Frames queued for sending before the session stops reading (backpressure).
+OUTBOX_SIZE: Final = 32
+#: Bytes a Deliver frame and each entry add around the bodies (generous).
+_DELIVER_OVERHEAD: Final = 64
+_ENTRY_OVERHEAD: Final = 96
+
+
+def token_hash(token: bytes) -> bytes:
+    """What the store keeps of a delivery token."""
+    return hashlib.sha256(token).digest()
+
+
+class ConsumerRegistry:
+    """Which session consumes which mailbox, on this node: one at a time (DESIGN §5)."""
+
+    def __init__(self) -> None:
+        self._by_device: dict[bytes, Session] = {}
+
+    def __repr__(self) -> str:
+        return f"ConsumerRegistry(consumers={len(self._by_device)})"
+
+    def __len__(self) -> int:
+        return len(self._by_device)
+
+    def claim(self, device_id: bytes, session: Session) -> Session | None:
+        """Make ``session`` the consumer; returns the one it replaces, if any."""
+        previous = self._by_device.get(device_id)
+        self._by_device[device_id] = session
+        return None if previous is session else previous
+
+    def release(self, device_id: bytes, session: Session) -> None:
+        if self._by_device.get(device_id) is session:
+            del self._by_device[device_id]
+
+
+@dataclass
+class SessionDeps:
+    """What every session of one server shares; built by the composition root."""
+
+    store: Store
+    bus: Bus
+    server_key: bytes
+    descriptor: SignedDescriptor
+    limits: f.Limits
+    rate_limits: RateLimits
+    consumers: ConsumerRegistry
+    token_buckets: KeyedBuckets
+    #: Monotonic seconds, for rate limits.
+    monotonic: Callable[[], float]
+    #: Wall-clock milliseconds since the epoch.
+    now_ms: Callable[[], int]
+    random_bytes: Callable[[int], bytes]
+
+    def __repr__(self) -> str:
+        return "SessionDeps(...)"
+
+
+class _State(enum.Enum):
+    AWAIT_HELLO = "await_hello"
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+class _RidOnly(msgspec.Struct):
+    rid: int | None = None
+
+
+_rid_decoder = msgspec.msgpack.Decoder(_RidOnly)
+
+_AUTHENTICATED: Final = (f.UploadKeys, f.AddToken, f.RevokeToken, f.Subscribe, f.Ack)
+
+
+def _rid_of(data: bytes) -> int | None:
+    """Best effort: the rid of a frame that did not decode, to address the error."""
+    try:
+        rid = _rid_decoder.decode(data).rid
+    except (msgspec.DecodeError, TypeError, ValueError):
+        return None
+    if rid is None or not 0 <= rid <= 2**31 - 1:
+        return None
+    return rid
+
+
+class Session:
+    """The server side of one connection. Never shows which device it serves."""
+
+    def __init__(self, deps: SessionDeps) -> None:
+        self._deps = deps
+        self._state = _State.AWAIT_HELLO
+        self._outbox: asyncio.Queue[f.ServerFrame | None] = asyncio.Queue(OUTBOX_SIZE)
+        self._nonce = b""
+        self._device_id: bytes | None = None
+        self._user_key: bytes | None = None
+        self._signing_key = b""
+        self._pump: asyncio.Task[None] | None = None
+        self._bucket = TokenBucket(
+            deps.rate_limits.connection_rate, deps.rate_limits.connection_burst, deps.monotonic()
+        )
+
+    def __repr__(self) -> str:
+        return f"Session(state={self._state.value}, authenticated={self.authenticated})"
+
+    @property
+    def authenticated(self) -> bool:
+        return self._device_id is not None
+
+    @property
+    def closing(self) -> bool:
+        return self._state is _State.CLOSING
+
+    # -- driver interface ---------------------------------------------------------------
+
+    async def next_frame(self) -> f.ServerFrame | None:
+        """The next frame to send; ``None`` means close the connection now."""
+        return await self._outbox.get()
+
+    async def receive_bytes(self, data: bytes) -> None:
+        """Handle one binary message from the client; answers go to the outbox."""
+        if self._state is _State.CLOSING:
+            return
+        if not self._bucket.allow(self._deps.monotonic()):
+            await self._send(f.Error(rid=_rid_of(data), code=ErrorCode.RATE_LIMITED))
+            return
+        try:
+            frame = f.decode_client_frame(data, self._deps.limits.max_frame)
+        except ProtocolError as exc:
+            await self._send(f.Error(rid=_rid_of(data), code=exc.code, message=exc.message))
+            return
+        await self._handle(frame)
+
+    async def receive_text(self) -> None:
+        """A text message: frames are binary only."""
+        await self._send(f.Error(rid=None, code=ErrorCode.BAD_FRAME, message="binary frames only"))
+
+    async def close(self) -> None:
+        """The connection is gone: stop delivery and give up the mailbox."""
+        self._state = _State.CLOSING
+        await self._stop_pump()
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    async def _handle(self, frame: f.ClientFrame) -> None:
+        if isinstance(frame, f.Hello):
+            await self._hello(frame)
+            return
+        rid = frame.rid
+        if self._state is _State.AWAIT_HELLO:
+            await self._send(f.Error(rid=rid, code=ErrorCode.BAD_FRAME, message="hello first"))
+            await self._finish()
+            return
+        try:
+            if isinstance(frame, _AUTHENTICATED) and self._device_id is None:
+                raise ProtocolError(ErrorCode.NOT_AUTHENTICATED, "log in first")
+            answer = await self._dispatch(frame)
+        except ProtocolError as exc:
+            answer = f.Error(rid=rid, code=exc.code, message=exc.message)
+        except Exception:
+            # A bug on our side: the client learns only that, and the connection lives.
+            _log.exception("internal error handling a %s frame", type(frame).__name__)
+            answer = f.Error(rid=rid, code=ErrorCode.INTERNAL)
+        if answer is not None:
+            await self._send(answer)
+
+    async def _dispatch(self, frame: f.ClientFrame) -> f.ServerFrame | None:
+        match frame:
+            case f.Register():
+                return await self._register(frame)
+            case f.Auth():
+                return await self._auth(frame)
+            case f.UploadKeys():
+                return await self._upload_keys(frame)
+            case f.ClaimKeys():
+                return await self._claim_keys(frame)
+            case f.AddToken():
+                assert self._user_key is not None
+                await self._deps.store.add_token(self._user_key, token_hash(frame.token))
+                return f.Ok(rid=frame.rid)
+            case f.RevokeToken():
+                assert self._user_key is not None
+                if not await self._deps.store.revoke_token(self._user_key, token_hash(frame.token)):
+                    raise ProtocolError(ErrorCode.BAD_TOKEN, "no such token")
+                return f.Ok(rid=frame.rid)
+            case f.Deposit():
+                return await self._deposit(frame)
+            case f.Subscribe():
+                await self._subscribe(frame)
+                return None
+            case f.Ack():
+                assert self._device_id is not None
+                await self._deps.store.ack(self._device_id, frame.up_to, self._deps.now_ms())
+                return f.Ok(rid=frame.rid)
+        raise ProtocolError(ErrorCode.BAD_FRAME, "unexpected frame")  # pragma: no cover
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def _hello(self, hello: f.Hello) -> None:
+        if self._state is not _State.AWAIT_HELLO:
+            await self._send(f.Error(rid=None, code=ErrorCode.BAD_FRAME, message="hello twice"))
+            return
+        common = set(hello.versions) & set(f.PROTOCOL_VERSIONS)
+        if not common:
+            await self._send(
+                f.Error(
+                    rid=None,
+                    code=ErrorCode.UNSUPPORTED_VERSION,
+                    message=f"server speaks {list(f.PROTOCOL_VERSIONS)}",
+                )
+            )
+            await self._finish()
+            return
+        self._nonce = self._deps.random_bytes(32)
+        self._state = _State.OPEN
+        await self._send(
+            f.Welcome(
+                version=max(common),
+                nonce=self._nonce,
+                descriptor=self._deps.descriptor,
+                server_time=self._deps.now_ms(),
+                limits=self._deps.limits,
+            )
+        )
+
+    def _check_proof(self, signing_key: bytes, device_id: bytes, proof: bytes) -> None:
+        try:
+            verify(
+                signing_key,
+                AUTH_CONTEXT,
+                auth_message(self._deps.server_key, self._nonce, device_id),
+                proof,
+            )
+        except SignatureError as exc:
+            raise ProtocolError(ErrorCode.BAD_SIGNATURE, "proof does not verify") from exc
+
+    async def _login(
+        self, rid: int, device_id: bytes, user_key: bytes, signing_key: bytes
+    ) -> f.AuthOk:
+        if self._device_id is not None and self._device_id != device_id:
+            await self._stop_pump()
+        self._device_id, self._user_key, self._signing_key = device_id, user_key, signing_key
+        counts = await self._deps.store.key_counts(device_id)
+        return f.AuthOk(
+            rid=rid,
+            device_id=device_id,
+            one_time_keys=counts.one_time_keys,
+            has_fallback_key=counts.has_fallback_key,
+        )
+
+    async def _register(self, frame: f.Register) -> f.AuthOk:
+        device_list = decode_device_list(frame.devices)
+        if frame.device not in device_list.devices:
+            raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "device is not in the device list")
+        self._check_proof(frame.device.signing_key, frame.device.device_id, frame.proof)
+        await self._deps.store.register_device(
+            user_key=device_list.user_key,
+            device_list=frame.devices,
+            device_list_version=device_list.version,
+            listed=[d.device_id for d in device_list.devices],
+            device=frame.device,
+        )
+        return await self._login(
+            frame.rid, frame.device.device_id, device_list.user_key, frame.device.signing_key
+        )
+
+    async def _auth(self, frame: f.Auth) -> f.AuthOk:
+        device = await self._deps.store.get_device(frame.device_id)
+        if device is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "device is not registered")
+        self._check_proof(device.keys.signing_key, frame.device_id, frame.proof)
+        return await self._login(
+            frame.rid, frame.device_id, device.user_key, device.keys.signing_key
+        )
+
+    async def _upload_keys(self, frame: f.UploadKeys) -> f.Ok:
+        assert self._device_id is not None
+        if len(frame.one_time_keys) > self._deps.limits.max_keys_per_upload:
+            raise ProtocolError(ErrorCode.TOO_MANY_KEYS, "too many keys in one upload")
+        for key in frame.one_time_keys:
+            if key.fallback:
+                raise ProtocolError(ErrorCode.BAD_FRAME, "fallback key among one-time keys")
+            verify_signed_key(self._signing_key, key)
+        if frame.fallback_key is not None:
+            if not frame.fallback_key.fallback:
+                raise ProtocolError(ErrorCode.BAD_FRAME, "fallback key not marked as such")
+            verify_signed_key(self._signing_key, frame.fallback_key)
+        await self._deps.store.add_one_time_keys(
+            self._device_id, frame.one_time_keys, frame.fallback_key
+        )
+        return f.Ok(rid=frame.rid)
+
+    async def _user_for(self, token: bytes) -> bytes:
+        hashed = token_hash(token)
+        if not self._deps.token_buckets.allow(hashed, self._deps.monotonic()):
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "too many requests for this token")
+        user_key = await self._deps.store.user_for_token(hashed)
+        if user_key is None:
+            raise ProtocolError(ErrorCode.BAD_TOKEN, "unknown or revoked token")
+        return user_key
+
+    async def _claim_keys(self, frame: f.ClaimKeys) -> f.KeyBundle:
+        user_key = await self._user_for(frame.token)
+        device = await self._deps.store.get_device(frame.device_id)
+        # One answer for "no such device" and "not this token's user": a token holder
+        # must not learn which device ids exist on the server.
+        if device is None or device.user_key != user_key:
+            raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "not a registered device of this user")
+        key = await self._deps.store.claim_key(frame.device_id)
+        if key is None:
+            raise ProtocolError(ErrorCode.NO_KEYS, "device has no keys left")
+        return f.KeyBundle(
+            rid=frame.rid, devices=device.device_list, device_id=frame.device_id, key=key
+        )
+
+    async def _deposit(self, frame: f.Deposit) -> f.DepositOk:
+        limits_ = self._deps.limits
+        if len(frame.envelopes) > limits_.max_envelopes_per_deposit:
+            raise ProtocolError(ErrorCode.TOO_MANY_ENVELOPES, "too many envelopes")
+        if any(len(e.body) > limits_.max_envelope_body for e in frame.envelopes):
+            raise ProtocolError(ErrorCode.ENVELOPE_TOO_LARGE, "envelope body too large")
+        user_key = await self._user_for(frame.token)
+        devices = await self._deps.store.user_devices(user_key)
+        if any(e.device_id not in devices for e in frame.envelopes):
+            raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "not a device of this user")
+        result = await self._deps.store.deposit(
+            [DepositItem(e.device_id, e.msg_id, e.body) for e in frame.envelopes],
+            self._deps.now_ms(),
+        )
+        # Durable now; a wake-up lost here is caught up by the consumer's next fetch.
+        for device_id, seq in result.news.items():
+            await self._deps.bus.publish(device_id, seq)
+        return f.DepositOk(rid=frame.rid, stored=result.stored, duplicates=result.duplicates)
+
+    async def _subscribe(self, frame: f.Subscribe) -> None:
+        device_id = self._device_id
+        assert device_id is not None
+        await self._stop_pump()
+        previous = self._deps.consumers.claim(device_id, self)
+        if previous is not None:
+            await previous.replace()
+        # Subscribe to the bus before the first fetch, so no deposit falls in between.
+        subscription = self._deps.bus.subscribe(device_id)
+        await self._send(f.Ok(rid=frame.rid))
+        self._pump = asyncio.create_task(
+            self._deliver(device_id, frame.after, subscription), name="samizdat-deliver"
+        )
+
+    async def replace(self) -> None:
+        """Another connection now consumes this mailbox: tell the client and close."""
+        self._state = _State.CLOSING
+        await self._stop_pump(release=False)
+        # Pending answers are moot on a connection about to close; make room for the news.
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._outbox.put_nowait(
+            f.Error(rid=None, code=ErrorCode.REPLACED, message="another connection took over")
+        )
+        self._outbox.put_nowait(None)
+
+    # -- delivery -----------------------------------------------------------------------
+
+    async def _deliver(self, device_id: bytes, after: int, subscription: Subscription) -> None:
+        cursor = after
+        try:
+            while True:
+                entries = await self._deps.store.fetch(
+                    device_id, cursor, limits.MAX_ENTRIES_PER_DELIVER
+                )
+                if not entries:
+                    await subscription.wait()
+                    continue
+                for batch in self._batches(entries):
+                    await self._outbox.put(f.Deliver(entries=batch))
+                cursor = entries[-1].seq
+        finally:
+            subscription.close()
+
+    def _batches(self, entries: list[MailboxEntry]) -> list[list[f.Entry]]:
+        """Split entries so that no Deliver frame exceeds the frame limit."""
+        budget = self._deps.limits.max_frame - _DELIVER_OVERHEAD
+        batches: list[list[f.Entry]] = []
+        current: list[f.Entry] = []
+        size = 0
+        for e in entries:
+            cost = len(e.body) + _ENTRY_OVERHEAD
+            if current and size + cost > budget:
+                batches.append(current)
+                current, size = [], 0
+            current.append(
+                f.Entry(seq=e.seq, msg_id=e.msg_id, body=e.body, received_at=e.received_at)
+            )
+            size += cost
+        if current:
+            batches.append(current)
+        return batches
+
+    async def _stop_pump(self, release: bool = True) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
+            # wait() rather than await: our own cancellation must not be swallowed.
+            await asyncio.wait([pump])
+        if release and self._device_id is not None:
+            self._deps.consumers.release(self._device_id, self)
+
+    # -- output -------------------------------------------------------------------------
+
+    async def _send(self, frame: f.ServerFrame) -> None:
+        if self._state is _State.CLOSING:
+            return
+        await self._outbox.put(frame)
+
+    async def _finish(self) -> None:
+        await self._outbox.put(None)
+        self._state = _State.CLOSING

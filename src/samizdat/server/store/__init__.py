@@ -1,0 +1,1 @@
+"""Durable server state behind one :class:`~samizdat.server.store.base.Store` protocol."""

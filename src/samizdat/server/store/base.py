@@ -1,0 +1,158 @@
+"""The one interface to durable server state (DESIGN §5, §7).
+
+Every store (SQLite by default, PostgreSQL later) implements :class:`Store`; SQL lives
+only in store classes. Refusals that a client must see (``quota``, ``too_many_keys``,
+``conflict``) are raised as :class:`~samizdat.errors.ProtocolError` with that code.
+
+Semantics every implementation must keep (the conformance suite in
+``tests/server/test_store.py`` pins them):
+
+* Sequence numbers are per device, start at 1, strictly increase and are never reused,
+  also after acks and restarts.
+* ``deposit`` is idempotent on ``(device_id, msg_id)``: a retry stores one copy, even
+  after the entry was acknowledged (ids are remembered for ``MSG_ID_RETENTION_MS``) and
+  across restarts. It returns only once the entries are durable.
+* One deposit is all or nothing: if any target mailbox is full, nothing of it is stored.
+* ``claim_key`` hands out each one-time key at most once, then the fallback key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from samizdat.protocol.keys import DeviceKeys, SignedDeviceList, SignedKey
+
+__all__ = [
+    "MSG_ID_RETENTION_MS",
+    "RegisteredDevice",
+    "KeyCounts",
+    "DepositItem",
+    "DepositResult",
+    "MailboxEntry",
+    "Store",
+]
+
+#: How long a delivered msg_id is remembered after deposit, so a late retry of an
+#: already acknowledged envelope is still recognised as a duplicate.
+MSG_ID_RETENTION_MS: Final = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class RegisteredDevice:
+    """A registered device, with its user's current signed device list."""
+
+    user_key: bytes = field(repr=False)
+    keys: DeviceKeys = field(repr=False)
+    device_list: SignedDeviceList = field(repr=False)
+    device_list_version: int
+
+
+@dataclass(frozen=True)
+class KeyCounts:
+    one_time_keys: int
+    has_fallback_key: bool
+
+
+@dataclass(frozen=True)
+class DepositItem:
+    device_id: bytes = field(repr=False)
+    msg_id: bytes = field(repr=False)
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DepositResult:
+    stored: int
+    duplicates: int
+    #: For each device that received a new entry: its highest new seq (for the bus).
+    news: Mapping[bytes, int] = field(repr=False, default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MailboxEntry:
+    seq: int
+    msg_id: bytes = field(repr=False)
+    body: bytes = field(repr=False)
+    received_at: int
+
+
+class Store(Protocol):
+    """Durable state of one server (or of a cluster of nodes sharing it)."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema; must be called before anything else."""
+
+    async def close(self) -> None: ...
+
+    # -- devices and keys ---------------------------------------------------------------
+
+    async def register_device(
+        self,
+        user_key: bytes,
+        device_list: SignedDeviceList,
+        device_list_version: int,
+        listed: Sequence[bytes],
+        device: DeviceKeys,
+    ) -> None:
+        """Record ``device`` under ``user_key`` with the user's (verified) device list.
+
+        A newer ``device_list_version`` replaces the user's list and forgets registered
+        devices no longer ``listed``; the same version must carry the same list.
+
+        Raises:
+            ProtocolError: ``conflict`` for an older version, a different list under the
+                same version, or a device already registered under another user.
+        """
+
+    async def get_device(self, device_id: bytes) -> RegisteredDevice | None: ...
+
+    async def user_devices(self, user_key: bytes) -> frozenset[bytes]:
+        """Ids of the registered devices of a user."""
+
+    async def add_one_time_keys(
+        self, device_id: bytes, keys: Sequence[SignedKey], fallback: SignedKey | None
+    ) -> KeyCounts:
+        """Store keys (a known ``key_id`` is ignored, so retries are safe); a fallback
+        key replaces the previous one.
+
+        Raises:
+            ProtocolError: ``too_many_keys`` if more than MAX_STORED_ONE_TIME_KEYS would be held.
+        """
+
+    async def claim_key(self, device_id: bytes) -> SignedKey | None:
+        """Remove and return one one-time key, else return the fallback key (kept), else None."""
+
+    async def key_counts(self, device_id: bytes) -> KeyCounts: ...
+
+    # -- delivery tokens (only their SHA-256 is ever stored) ------------------------------
+
+    async def add_token(self, user_key: bytes, token_hash: bytes) -> None:
+        """Raises ProtocolError ``conflict`` if held by another user, ``quota`` past
+        MAX_TOKENS_PER_USER."""
+
+    async def revoke_token(self, user_key: bytes, token_hash: bytes) -> bool:
+        """True if the user held the token (it is now deleted)."""
+
+    async def user_for_token(self, token_hash: bytes) -> bytes | None: ...
+
+    # -- mailboxes ----------------------------------------------------------------------
+
+    async def deposit(self, items: Sequence[DepositItem], now_ms: int) -> DepositResult:
+        """Append entries, durably, all or nothing.
+
+        Raises:
+            ProtocolError: ``quota`` if a mailbox that would receive a new entry is full.
+        """
+
+    async def fetch(self, device_id: bytes, after: int, limit: int) -> list[MailboxEntry]:
+        """Entries with ``seq > after`` in order, at most ``limit``."""
+
+    async def ack(self, device_id: bytes, up_to: int, now_ms: int) -> int:
+        """Delete entries with ``seq <= up_to``; returns how many were deleted."""
+
+    async def mailbox_size(self, device_id: bytes) -> int: ...
+
+    async def last_seq(self, device_id: bytes) -> int:
+        """The highest seq ever assigned in this mailbox (0 if none)."""

@@ -1,0 +1,91 @@
+"""Numbered schema migrations for the SQLite store.
+
+Each migration is applied once, in order, inside one transaction, and recorded in
+``schema_version``. A released migration is never edited; a change is a new number.
+The schema keeps every mailbox table keyed by device id first, so a PostgreSQL store
+can follow with the same numbering (BLOB -> BYTEA, INTEGER PRIMARY KEY -> BIGSERIAL)
+and can partition by device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Migration", "MIGRATIONS", "SCHEMA_VERSION_TABLE"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    statements: tuple[str, ...]
+
+
+SCHEMA_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version INTEGER PRIMARY KEY,"
+    " applied_at INTEGER NOT NULL)"
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        (
+            # The latest verified device list of each user.
+            """CREATE TABLE users (
+                user_key BLOB PRIMARY KEY,
+                list_version INTEGER NOT NULL,
+                list_body BLOB NOT NULL,
+                list_signature BLOB NOT NULL
+            )""",
+            """CREATE TABLE devices (
+                device_id BLOB PRIMARY KEY,
+                user_key BLOB NOT NULL,
+                signing_key BLOB NOT NULL,
+                identity_key BLOB NOT NULL,
+                sealing_key BLOB NOT NULL,
+                fallback_key_id TEXT,
+                fallback_key BLOB,
+                fallback_signature BLOB
+            )""",
+            "CREATE INDEX devices_by_user ON devices (user_key)",
+            # A rowid table so that claims hand keys out in upload order.
+            """CREATE TABLE one_time_keys (
+                id INTEGER PRIMARY KEY,
+                device_id BLOB NOT NULL,
+                key_id TEXT NOT NULL,
+                key BLOB NOT NULL,
+                signature BLOB NOT NULL,
+                UNIQUE (device_id, key_id)
+            )""",
+            # SHA-256 of each delivery token; tokens themselves are never stored.
+            """CREATE TABLE tokens (
+                token_hash BLOB PRIMARY KEY,
+                user_key BLOB NOT NULL
+            )""",
+            "CREATE INDEX tokens_by_user ON tokens (user_key)",
+            # The seq counter outlives every entry, so a seq is never reused.
+            """CREATE TABLE mailboxes (
+                device_id BLOB PRIMARY KEY,
+                last_seq INTEGER NOT NULL,
+                size INTEGER NOT NULL
+            )""",
+            """CREATE TABLE mailbox_entries (
+                device_id BLOB NOT NULL,
+                seq INTEGER NOT NULL,
+                msg_id BLOB NOT NULL,
+                body BLOB NOT NULL,
+                received_at INTEGER NOT NULL,
+                PRIMARY KEY (device_id, seq)
+            ) WITHOUT ROWID""",
+            # Every msg_id deposited, kept for MSG_ID_RETENTION_MS even after its entry is
+            # acknowledged, so a late retry is still a duplicate (rather than tombstones).
+            """CREATE TABLE msg_ids (
+                device_id BLOB NOT NULL,
+                msg_id BLOB NOT NULL,
+                at INTEGER NOT NULL,
+                PRIMARY KEY (device_id, msg_id)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX msg_ids_by_age ON msg_ids (device_id, at)",
+        ),
+    ),
+)

@@ -1,0 +1,484 @@
+"""The default store: one SQLite database in WAL mode with group commit (DESIGN §5, §7).
+
+Every operation runs on one dedicated thread that owns the only connection. The thread
+takes all operations queued while it was busy, runs them in one transaction (each in its
+own SAVEPOINT, so one refused deposit does not undo the others) and commits once with
+``synchronous=FULL``; only then are the callers' futures resolved. Durability thus costs
+one fsync per batch, not per envelope, and an acknowledged deposit survives SIGKILL and
+power loss. SQLite allows one writer anyway, so a single thread loses no parallelism
+worth having at this scale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from samizdat.errors import ErrorCode, LocalError, ProtocolError
+from samizdat.protocol import limits
+from samizdat.protocol.keys import DeviceKeys, SignedDeviceList, SignedKey
+from samizdat.server.store.base import (
+    MSG_ID_RETENTION_MS,
+    DepositItem,
+    DepositResult,
+    KeyCounts,
+    MailboxEntry,
+    RegisteredDevice,
+)
+from samizdat.server.store.migrations import MIGRATIONS, SCHEMA_VERSION_TABLE
+
+__all__ = ["SqliteStore"]
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+#: Most operations committed in one transaction; bounds the latency of the first one.
+_MAX_BATCH: Final = 512
+
+
+@dataclass
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class SqliteStore:
+    """:class:`~samizdat.server.store.base.Store` on one SQLite file."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_mailbox_entries: int = limits.MAX_MAILBOX_ENTRIES,
+        max_stored_one_time_keys: int = limits.MAX_STORED_ONE_TIME_KEYS,
+        max_tokens_per_user: int = limits.MAX_TOKENS_PER_USER,
+    ) -> None:
+        self._path = path
+        self._max_mailbox = max_mailbox_entries
+        self._max_otks = max_stored_one_time_keys
+        self._max_tokens = max_tokens_per_user
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._opened = threading.Event()
+        self._open_error: BaseException | None = None
+        #: Number of transactions committed; lets tests see that batching happens.
+        self.commits = 0
+
+    def __repr__(self) -> str:
+        return "SqliteStore(<db>)"
+
+    # -- the writer thread --------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._thread is not None:
+            raise LocalError("store already open")
+        self._thread = threading.Thread(target=self._run, name="samizdat-sqlite", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self._opened.wait)
+        if self._open_error is not None:
+            self._thread = None
+            raise self._open_error
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the futures resolve, so DepositOk is honest.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(conn)
+        return conn
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # reported to open()'s caller
+            self._open_error = exc
+            self._opened.set()
+            return
+        self._opened.set()
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                stop = False
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stop = True
+                        break
+                    batch.append(job)
+                self._run_batch(conn, batch)
+                if stop:
+                    break
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, None, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, result, None))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            _log.error("store transaction failed: %s", type(exc).__name__)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(job, None, LocalError("store transaction failed")) for job in batch]
+        for job, result, error in outcomes:
+            try:
+                job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+            except RuntimeError:  # the caller's loop is gone; nobody is waiting
+                pass
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._thread is None:
+            raise LocalError("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._queue.put(_Job(fn, future, loop))
+        return await future
+
+    # -- devices and keys ---------------------------------------------------------------
+
+    async def register_device(
+        self,
+        user_key: bytes,
+        device_list: SignedDeviceList,
+        device_list_version: int,
+        listed: Sequence[bytes],
+        device: DeviceKeys,
+    ) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT list_version, list_body FROM users WHERE user_key = ?", (user_key,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO users VALUES (?, ?, ?, ?)",
+                    (user_key, device_list_version, device_list.body, device_list.signature),
+                )
+            elif device_list_version > row[0]:
+                conn.execute(
+                    "UPDATE users SET list_version = ?, list_body = ?, list_signature = ?"
+                    " WHERE user_key = ?",
+                    (device_list_version, device_list.body, device_list.signature, user_key),
+                )
+                _forget_unlisted(conn, user_key, set(listed))
+            elif device_list_version < row[0] or device_list.body != row[1]:
+                raise ProtocolError(ErrorCode.CONFLICT, "a newer device list is registered")
+            owner = conn.execute(
+                "SELECT user_key FROM devices WHERE device_id = ?", (device.device_id,)
+            ).fetchone()
+            if owner is not None and owner[0] != user_key:
+                raise ProtocolError(ErrorCode.CONFLICT, "device belongs to another user")
+            if owner is None:
+                conn.execute(
+                    "INSERT INTO devices (device_id, user_key, signing_key, identity_key,"
+                    " sealing_key) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        device.device_id,
+                        user_key,
+                        device.signing_key,
+                        device.identity_key,
+                        device.sealing_key,
+                    ),
+                )
+            else:
+                conn.execute(
+                    "UPDATE devices SET identity_key = ?, sealing_key = ? WHERE device_id = ?",
+                    (device.identity_key, device.sealing_key, device.device_id),
+                )
+
+        await self._call(run)
+
+    async def get_device(self, device_id: bytes) -> RegisteredDevice | None:
+        def run(conn: sqlite3.Connection) -> RegisteredDevice | None:
+            row = conn.execute(
+                "SELECT d.user_key, d.signing_key, d.identity_key, d.sealing_key,"
+                " u.list_body, u.list_signature, u.list_version"
+                " FROM devices d JOIN users u ON u.user_key = d.user_key"
+                " WHERE d.device_id = ?",
+                (device_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return RegisteredDevice(
+                user_key=row[0],
+                keys=DeviceKeys(
+                    device_id=device_id,
+                    signing_key=row[1],
+                    identity_key=row[2],
+                    sealing_key=row[3],
+                ),
+                device_list=SignedDeviceList(body=row[4], signature=row[5]),
+                device_list_version=row[6],
+            )
+
+        return await self._call(run)
+
+    async def user_devices(self, user_key: bytes) -> frozenset[bytes]:
+        def run(conn: sqlite3.Connection) -> frozenset[bytes]:
+            rows = conn.execute("SELECT device_id FROM devices WHERE user_key = ?", (user_key,))
+            return frozenset(row[0] for row in rows)
+
+        return await self._call(run)
+
+    async def add_one_time_keys(
+        self, device_id: bytes, keys: Sequence[SignedKey], fallback: SignedKey | None
+    ) -> KeyCounts:
+        max_otks = self._max_otks
+
+        def run(conn: sqlite3.Connection) -> KeyCounts:
+            conn.executemany(
+                "INSERT OR IGNORE INTO one_time_keys (device_id, key_id, key, signature)"
+                " VALUES (?, ?, ?, ?)",
+                [(device_id, k.key_id, k.key, k.signature) for k in keys],
+            )
+            if fallback is not None:
+                conn.execute(
+                    "UPDATE devices SET fallback_key_id = ?, fallback_key = ?,"
+                    " fallback_signature = ? WHERE device_id = ?",
+                    (fallback.key_id, fallback.key, fallback.signature, device_id),
+                )
+            counts = _key_counts(conn, device_id)
+            if counts.one_time_keys > max_otks:
+                raise ProtocolError(ErrorCode.TOO_MANY_KEYS, "too many one-time keys stored")
+            return counts
+
+        return await self._call(run)
+
+    async def claim_key(self, device_id: bytes) -> SignedKey | None:
+        def run(conn: sqlite3.Connection) -> SignedKey | None:
+            # One statement, on the only writer: no two claims can return the same key.
+            row = conn.execute(
+                "DELETE FROM one_time_keys WHERE id = (SELECT id FROM one_time_keys"
+                " WHERE device_id = ? ORDER BY id LIMIT 1)"
+                " RETURNING key_id, key, signature",
+                (device_id,),
+            ).fetchone()
+            if row is not None:
+                return SignedKey(key_id=row[0], key=row[1], signature=row[2], fallback=False)
+            row = conn.execute(
+                "SELECT fallback_key_id, fallback_key, fallback_signature FROM devices"
+                " WHERE device_id = ? AND fallback_key IS NOT NULL",
+                (device_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return SignedKey(key_id=row[0], key=row[1], signature=row[2], fallback=True)
+
+        return await self._call(run)
+
+    async def key_counts(self, device_id: bytes) -> KeyCounts:
+        return await self._call(lambda conn: _key_counts(conn, device_id))
+
+    # -- tokens -------------------------------------------------------------------------
+
+    async def add_token(self, user_key: bytes, token_hash: bytes) -> None:
+        max_tokens = self._max_tokens
+
+        def run(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT user_key FROM tokens WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+            if row is not None:
+                if row[0] != user_key:
+                    raise ProtocolError(ErrorCode.CONFLICT, "token is taken")
+                return
+            (count,) = conn.execute(
+                "SELECT count(*) FROM tokens WHERE user_key = ?", (user_key,)
+            ).fetchone()
+            if count >= max_tokens:
+                raise ProtocolError(ErrorCode.QUOTA, "too many delivery tokens")
+            conn.execute("INSERT INTO tokens VALUES (?, ?)", (token_hash, user_key))
+
+        await self._call(run)
+
+    async def revoke_token(self, user_key: bytes, token_hash: bytes) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "DELETE FROM tokens WHERE token_hash = ? AND user_key = ?", (token_hash, user_key)
+            )
+            return cur.rowcount > 0
+
+        return await self._call(run)
+
+    async def user_for_token(self, token_hash: bytes) -> bytes | None:
+        def run(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(
+                "SELECT user_key FROM tokens WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._call(run)
+
+    # -- mailboxes ----------------------------------------------------------------------
+
+    async def deposit(self, items: Sequence[DepositItem], now_ms: int) -> DepositResult:
+        max_mailbox = self._max_mailbox
+        items = list(items)
+
+        def run(conn: sqlite3.Connection) -> DepositResult:
+            stored = duplicates = 0
+            news: dict[bytes, int] = {}
+            for item in items:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO msg_ids VALUES (?, ?, ?)",
+                    (item.device_id, item.msg_id, now_ms),
+                )
+                if cur.rowcount == 0:
+                    duplicates += 1
+                    continue
+                conn.execute("INSERT OR IGNORE INTO mailboxes VALUES (?, 0, 0)", (item.device_id,))
+                last_seq, size = conn.execute(
+                    "SELECT last_seq, size FROM mailboxes WHERE device_id = ?", (item.device_id,)
+                ).fetchone()
+                if size >= max_mailbox:
+                    # Raising rolls back this whole deposit (its SAVEPOINT), nothing else.
+                    raise ProtocolError(ErrorCode.QUOTA, "mailbox is full")
+                seq = last_seq + 1
+                conn.execute(
+                    "INSERT INTO mailbox_entries VALUES (?, ?, ?, ?, ?)",
+                    (item.device_id, seq, item.msg_id, item.body, now_ms),
+                )
+                conn.execute(
+                    "UPDATE mailboxes SET last_seq = ?, size = size + 1 WHERE device_id = ?",
+                    (seq, item.device_id),
+                )
+                news[item.device_id] = seq
+                stored += 1
+            return DepositResult(stored=stored, duplicates=duplicates, news=news)
+
+        return await self._call(run)
+
+    async def fetch(self, device_id: bytes, after: int, limit: int) -> list[MailboxEntry]:
+        def run(conn: sqlite3.Connection) -> list[MailboxEntry]:
+            rows = conn.execute(
+                "SELECT seq, msg_id, body, received_at FROM mailbox_entries"
+                " WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (device_id, after, limit),
+            )
+            return [MailboxEntry(seq=r[0], msg_id=r[1], body=r[2], received_at=r[3]) for r in rows]
+
+        return await self._call(run)
+
+    async def ack(self, device_id: bytes, up_to: int, now_ms: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "DELETE FROM mailbox_entries WHERE device_id = ? AND seq <= ?", (device_id, up_to)
+            )
+            deleted = cur.rowcount
+            if deleted:
+                conn.execute(
+                    "UPDATE mailboxes SET size = size - ? WHERE device_id = ?",
+                    (deleted, device_id),
+                )
+            conn.execute(
+                "DELETE FROM msg_ids WHERE device_id = ? AND at < ?",
+                (device_id, now_ms - MSG_ID_RETENTION_MS),
+            )
+            return deleted
+
+        return await self._call(run)
+
+    async def mailbox_size(self, device_id: bytes) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT size FROM mailboxes WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._call(run)
+
+    async def last_seq(self, device_id: bytes) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT last_seq FROM mailboxes WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._call(run)
+
+
+def _key_counts(conn: sqlite3.Connection, device_id: bytes) -> KeyCounts:
+    (count,) = conn.execute(
+        "SELECT count(*) FROM one_time_keys WHERE device_id = ?", (device_id,)
+    ).fetchone()
+    row = conn.execute(
+        "SELECT fallback_key IS NOT NULL FROM devices WHERE device_id = ?", (device_id,)
+    ).fetchone()
+    return KeyCounts(one_time_keys=int(count), has_fallback_key=bool(row and row[0]))
+
+
+def _forget_unlisted(conn: sqlite3.Connection, user_key: bytes, listed: set[bytes]) -> None:
+    """Drop registered devices that a newer device list no longer names."""
+    rows = conn.execute("SELECT device_id FROM devices WHERE user_key = ?", (user_key,))
+    for (device_id,) in rows.fetchall():
+        if device_id in listed:
+            continue
+        conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
+        conn.execute("DELETE FROM one_time_keys WHERE device_id = ?", (device_id,))
+        # Entries nobody can consume any more go; the seq counter stays (never reused).
+        conn.execute("DELETE FROM mailbox_entries WHERE device_id = ?", (device_id,))
+        conn.execute("UPDATE mailboxes SET size = 0 WHERE device_id = ?", (device_id,))
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute(SCHEMA_VERSION_TABLE)
+    (current,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    for migration in MIGRATIONS:
+        if migration.version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version VALUES (?, ?)",
+                (migration.version, int(time.time() * 1000)),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        _log.info("store schema migrated to version %d", migration.version)

@@ -1,0 +1,229 @@
+"""Store conformance suite: every Store implementation must pass it (see conftest STORE_KINDS)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from samizdat.errors import ErrorCode, ProtocolError
+from samizdat.server.store.base import MSG_ID_RETENTION_MS, DepositItem, Store
+from samizdat.server.store.sqlite import SqliteStore
+
+from .conftest import StoreFactory
+from .helpers import NOW_MS, Device, User, token_hash
+
+
+async def register(store: Store, user: User) -> None:
+    for device in user.devices:
+        await store.register_device(
+            user.user_key,
+            user.signed_list(),
+            user.version,
+            [d.device_id for d in user.devices],
+            device.keys,
+        )
+
+
+def item(device_id: bytes, n: int, body: bytes = b"body") -> DepositItem:
+    return DepositItem(device_id=device_id, msg_id=n.to_bytes(16, "big"), body=body)
+
+
+async def test_deposit_fetch_ack(make_store: StoreFactory) -> None:
+    store = await make_store()
+    dev = os.urandom(16)
+    result = await store.deposit([item(dev, i, bytes([i])) for i in range(5)], NOW_MS)
+    assert (result.stored, result.duplicates) == (5, 0)
+    assert result.news == {dev: 5}
+    entries = await store.fetch(dev, 0, 3)
+    assert [e.seq for e in entries] == [1, 2, 3]
+    assert entries[0].body == b"\x00" and entries[0].received_at == NOW_MS
+    assert [e.seq for e in await store.fetch(dev, 3, 10)] == [4, 5]
+    assert await store.ack(dev, 2, NOW_MS) == 2
+    assert await store.mailbox_size(dev) == 3
+    assert [e.seq for e in await store.fetch(dev, 0, 10)] == [3, 4, 5]
+    assert await store.fetch(os.urandom(16), 0, 10) == []
+
+
+async def test_deposit_is_idempotent_across_ack_and_reopen(make_store: StoreFactory) -> None:
+    store = await make_store()
+    dev = os.urandom(16)
+    await store.deposit([item(dev, 1), item(dev, 2)], NOW_MS)
+    again = await store.deposit([item(dev, 1), item(dev, 3), item(dev, 3)], NOW_MS)
+    assert (again.stored, again.duplicates) == (1, 2)
+    await store.ack(dev, 3, NOW_MS)
+    assert (await store.deposit([item(dev, 2)], NOW_MS)).duplicates == 1
+    await store.close()
+    store = await make_store()
+    result = await store.deposit([item(dev, 1), item(dev, 2), item(dev, 3)], NOW_MS)
+    assert (result.stored, result.duplicates) == (0, 3)
+    assert await store.mailbox_size(dev) == 0
+    # Same msg_id for another device is a different envelope.
+    assert (await store.deposit([item(os.urandom(16), 1)], NOW_MS)).stored == 1
+
+
+async def test_msg_ids_are_forgotten_after_retention(make_store: StoreFactory) -> None:
+    store = await make_store()
+    dev = os.urandom(16)
+    await store.deposit([item(dev, 1)], NOW_MS)
+    await store.ack(dev, 1, NOW_MS + MSG_ID_RETENTION_MS + 1)
+    assert (await store.deposit([item(dev, 1)], NOW_MS)).stored == 1
+
+
+async def test_seq_never_reused(make_store: StoreFactory) -> None:
+    store = await make_store()
+    dev = os.urandom(16)
+    await store.deposit([item(dev, i) for i in range(3)], NOW_MS)
+    await store.ack(dev, 3, NOW_MS)
+    assert await store.last_seq(dev) == 3
+    await store.close()
+    store = await make_store()
+    result = await store.deposit([item(dev, 10)], NOW_MS)
+    assert result.news == {dev: 4}
+    assert [e.seq for e in await store.fetch(dev, 0, 10)] == [4]
+
+
+async def test_quota_is_all_or_nothing(make_store: StoreFactory) -> None:
+    store = await make_store(max_mailbox_entries=3)
+    full, other = os.urandom(16), os.urandom(16)
+    await store.deposit([item(full, i) for i in range(3)], NOW_MS)
+    with pytest.raises(ProtocolError) as info:
+        await store.deposit([item(other, 100), item(full, 100)], NOW_MS)
+    assert info.value.code is ErrorCode.QUOTA
+    assert await store.mailbox_size(other) == 0
+    # A pure retry of what is stored is still fine on a full mailbox.
+    assert (await store.deposit([item(full, 0)], NOW_MS)).duplicates == 1
+    await store.ack(full, 1, NOW_MS)
+    assert (await store.deposit([item(other, 100), item(full, 100)], NOW_MS)).stored == 2
+    # The refused attempt left no msg_id behind.
+    assert await store.mailbox_size(full) == 3
+
+
+async def test_claim_is_atomic_then_fallback(make_store: StoreFactory) -> None:
+    store = await make_store()
+    user = User.generate()
+    await register(store, user)
+    dev = user.devices[0]
+    keys = [dev.signed_key(f"k{i}") for i in range(150)]
+    await store.add_one_time_keys(dev.device_id, keys[:100], None)
+    counts = await store.add_one_time_keys(
+        dev.device_id, keys[100:], dev.signed_key("fb", fallback=True)
+    )
+    assert (counts.one_time_keys, counts.has_fallback_key) == (150, True)
+    claimed = await asyncio.gather(*(store.claim_key(dev.device_id) for _ in range(200)))
+    one_time = [k for k in claimed if k is not None and not k.fallback]
+    fallback = [k for k in claimed if k is not None and k.fallback]
+    assert sorted(k.key_id for k in one_time) == sorted(k.key_id for k in keys)
+    assert len(fallback) == 50 and {k.key_id for k in fallback} == {"fb"}
+    assert (await store.key_counts(dev.device_id)).one_time_keys == 0
+
+
+async def test_claim_without_keys(make_store: StoreFactory) -> None:
+    store = await make_store()
+    user = User.generate()
+    await register(store, user)
+    assert await store.claim_key(user.devices[0].device_id) is None
+    assert await store.claim_key(os.urandom(16)) is None
+
+
+async def test_too_many_stored_keys(make_store: StoreFactory) -> None:
+    store = await make_store(max_stored_one_time_keys=5)
+    user = User.generate()
+    await register(store, user)
+    dev = user.devices[0]
+    await store.add_one_time_keys(dev.device_id, [dev.signed_key(f"a{i}") for i in range(5)], None)
+    # Known key ids are ignored, so a retry does not count twice.
+    await store.add_one_time_keys(dev.device_id, [dev.signed_key("a0")], None)
+    with pytest.raises(ProtocolError) as info:
+        await store.add_one_time_keys(dev.device_id, [dev.signed_key("b")], None)
+    assert info.value.code is ErrorCode.TOO_MANY_KEYS
+    assert (await store.key_counts(dev.device_id)).one_time_keys == 5
+
+
+async def test_tokens(make_store: StoreFactory) -> None:
+    store = await make_store(max_tokens_per_user=2)
+    alice, bob = User.generate(), User.generate()
+    t1, t2, t3 = (token_hash(os.urandom(32)) for _ in range(3))
+    await store.add_token(alice.user_key, t1)
+    await store.add_token(alice.user_key, t1)  # idempotent
+    assert await store.user_for_token(t1) == alice.user_key
+    with pytest.raises(ProtocolError) as info:
+        await store.add_token(bob.user_key, t1)
+    assert info.value.code is ErrorCode.CONFLICT
+    await store.add_token(alice.user_key, t2)
+    with pytest.raises(ProtocolError) as info:
+        await store.add_token(alice.user_key, t3)
+    assert info.value.code is ErrorCode.QUOTA
+    assert not await store.revoke_token(bob.user_key, t1)
+    assert await store.revoke_token(alice.user_key, t1)
+    assert await store.user_for_token(t1) is None
+
+
+async def test_register_versions(make_store: StoreFactory) -> None:
+    store = await make_store()
+    user = User.generate(2)
+    await register(store, user)
+    first, second = user.devices
+    got = await store.get_device(first.device_id)
+    assert got is not None
+    assert got.user_key == user.user_key and got.keys == first.keys
+    assert got.device_list == user.signed_list() and got.device_list_version == 1
+    assert await store.user_devices(user.user_key) == {first.device_id, second.device_id}
+    await store.deposit([item(second.device_id, 1)], NOW_MS)
+
+    # Version 2 drops the second device: its keys and entries go, its seq stays.
+    user.devices = [first]
+    user.version = 2
+    await register(store, user)
+    assert await store.user_devices(user.user_key) == {first.device_id}
+    assert await store.get_device(second.device_id) is None
+    assert await store.mailbox_size(second.device_id) == 0
+    assert await store.last_seq(second.device_id) == 1
+
+    # An older list, or another list under the same version, is a conflict.
+    for version, devices in ((1, [first]), (2, [first, Device.generate()])):
+        user.version, user.devices = version, devices
+        with pytest.raises(ProtocolError) as info:
+            await register(store, user)
+        assert info.value.code is ErrorCode.CONFLICT
+
+    # A device cannot move to another user.
+    thief = User.generate()
+    thief.devices = [first]
+    with pytest.raises(ProtocolError) as info:
+        await register(store, thief)
+    assert info.value.code is ErrorCode.CONFLICT
+
+
+async def test_sqlite_group_commit(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "g.db")
+    await store.open()
+    try:
+        devs = [os.urandom(16) for _ in range(10)]
+        results = await asyncio.gather(
+            *(store.deposit([item(devs[i % 10], i)], NOW_MS) for i in range(300))
+        )
+        assert sum(r.stored for r in results) == 300
+        # Many deposits share one transaction (one fsync): far fewer commits than deposits.
+        assert store.commits < 100
+        for dev in devs:
+            seqs = [e.seq for e in await store.fetch(dev, 0, 100)]
+            assert seqs == list(range(1, 31))
+    finally:
+        await store.close()
+
+
+async def test_store_repr_has_no_secrets(make_store: StoreFactory) -> None:
+    store = await make_store()
+    user = User.generate()
+    await register(store, user)
+    dev = user.devices[0]
+    got = await store.get_device(dev.device_id)
+    await store.deposit([item(dev.device_id, 1, b"secret-body")], NOW_MS)
+    (entry,) = await store.fetch(dev.device_id, 0, 1)
+    for obj in (store, got, entry, item(dev.device_id, 1, b"secret-body")):
+        text = repr(obj)
+        assert dev.device_id.hex() not in text and str(dev.device_id) not in text
+        assert "secret-body" not in text and str(user.user_key) not in text
