@@ -88,12 +88,16 @@ class RawDevice:
 
 
 class RawConnection:
+    #: Every connection opened; the e2e conftest closes them after each test.
+    opened: list[RawConnection] = []
+
     def __init__(self, ws: Any, welcome: f.Welcome, descriptor: Descriptor) -> None:
         self.ws = ws
         self.welcome = welcome
         self.descriptor = descriptor
         self._rid = 0
         self.delivered: list[f.Entry] = []
+        RawConnection.opened.append(self)
 
     @classmethod
     async def open(cls, link: str) -> RawConnection:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from samizdat.client.app import Client, Received
+from samizdat.errors import ConnectError
 from tests.e2e.harness import PASSPHRASE, ServerProcess, scan_for
 
 
@@ -127,3 +128,34 @@ async def test_forward_secrecy_old_ciphertext_unreadable_with_later_state(
         assert "secret 0" not in str(excinfo.value)
     finally:
         await thief.close()
+
+
+async def test_listen_one_at_a_time_loses_nothing_from_a_batch(
+    pair: tuple[Client, Client],
+) -> None:
+    """Deliveries come in batches; taking one message per call must not drop the rest."""
+    alice, bob = pair
+    for i in range(7):
+        await alice.send("bob", f"one by one {i}")
+    got = []
+    for _ in range(7):
+        got += [m.text for m in await _collect(bob, 1, wait=10.0)]
+    assert got == [f"one by one {i}" for i in range(7)]
+    assert await _collect(bob, 1, wait=1.0) == []
+
+
+async def test_a_send_that_failed_is_delivered_later_once_and_in_order(
+    pair: tuple[Client, Client], server: ServerProcess
+) -> None:
+    alice, bob = pair
+    server.kill()
+    with pytest.raises(ConnectError):
+        await alice.send("bob", "written while the server was down")
+    server.start()
+    await alice.send("bob", "written after it came back")
+    got = await _collect(bob, 2)
+    assert [m.text for m in got] == [
+        "written while the server was down",
+        "written after it came back",
+    ]
+    assert await _collect(bob, 1, wait=1.0) == []

@@ -2,9 +2,9 @@
 
 Layers, outermost first:
 
-1. ``SealedBox`` — the entry ``body``. An ECIES box (vodozemac ``PkEncryption``:
-   Curve25519 + AES-256-CBC + HMAC-SHA-256) to the recipient device's *sealing key*, so
-   the server never learns which device or user sent the envelope (sealed sender).
+1. ``SealedBox`` — the entry ``body``. An HPKE box (RFC 9180, base mode, DHKEM(X25519,
+   HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305) to the recipient device's *sealing key*,
+   so the server never learns which device or user sent the envelope (sealed sender).
 2. ``Sealed`` — inside the box: the sender device's Curve25519 identity key and one Olm
    message (type 0 pre-key or 1 normal).
 3. ``Payload`` — the Olm plaintext after removing padding (``crypto.padding``): the
@@ -41,8 +41,9 @@ MAX_MESSAGE_TEXT = 60_000
 
 class SealedBox(msgspec.Struct, frozen=True):
     version: int
+    #: The HPKE encapsulated key.
     ephemeral_key: Key32
-    mac: Annotated[bytes, Meta(max_length=64)]
+    #: The HPKE ciphertext, AEAD tag included.
     ciphertext: _Blob
 
 

@@ -1,0 +1,5 @@
+"""``python -m samizdat``."""
+
+from samizdat.cli import main
+
+main()

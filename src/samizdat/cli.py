@@ -1,0 +1,276 @@
+"""The ``samizdat`` command line (DESIGN §1). Talks only to ``samizdat.client``.
+
+Scripting interface (tests rely on it): ``--home DIR`` or ``SAMIZDAT_HOME`` picks the
+home folder; ``SAMIZDAT_PASSPHRASE`` gives the passphrase without a prompt. Expected
+errors print one line to stderr and exit 1 (2 for usage errors); ``send`` exits 0 only
+once the message is durable on the recipient's server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from pathlib import Path
+from typing import NoReturn
+
+from samizdat import __version__
+from samizdat.client.app import Client
+from samizdat.crypto.safety import format_safety_number
+from samizdat.errors import SamizdatError
+
+__all__ = ["main", "build_parser"]
+
+_Handler = Callable[[argparse.Namespace], Coroutine[object, object, int]]
+
+
+def _home(args: argparse.Namespace) -> Path:
+    if args.home:
+        return Path(args.home).expanduser()
+    return Path(os.environ.get("SAMIZDAT_HOME") or "~/.samizdat").expanduser()
+
+
+def _passphrase(confirm: bool = False) -> str:
+    env = os.environ.get("SAMIZDAT_PASSPHRASE")
+    if env is not None:
+        return env
+    first = getpass.getpass("passphrase: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise _UsageError("the passphrases differ")
+    return first
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def _open(args: argparse.Namespace) -> Client:
+    return await Client.open(_home(args), _passphrase())
+
+
+async def _cmd_init(args: argparse.Namespace) -> int:
+    client = await Client.create(_home(args), _passphrase(confirm=True), args.server, args.name)
+    async with client:
+        _out(f"created identity {client.name!r} in {_home(args)}")
+    return 0
+
+
+async def _cmd_invite(args: argparse.Namespace) -> int:
+    async with await _open(args) as client:
+        link = await client.invite()
+    if args.json:
+        _out(json.dumps({"link": link}))
+        return 0
+    _out(link)
+    import segno
+
+    segno.make(link, error="L").terminal(compact=True)
+    return 0
+
+
+async def _cmd_add(args: argparse.Namespace) -> int:
+    async with await _open(args) as client:
+        await client.add_contact(args.link, args.name)
+    _out(f"added {args.name}")
+    return 0
+
+
+async def _cmd_send(args: argparse.Namespace) -> int:
+    async with await _open(args) as client:
+        msg_id = await client.send(args.name, args.text)
+    _out(msg_id)
+    return 0
+
+
+async def _cmd_listen(args: argparse.Namespace) -> int:
+    async with await _open(args) as client:
+        async for message in client.listen(count=args.count, timeout=args.timeout):
+            if args.json:
+                _out(
+                    json.dumps(
+                        {
+                            "from": message.sender,
+                            "text": message.text,
+                            "id": message.id,
+                            "sent_at": message.sent_at,
+                            "request": message.request,
+                        }
+                    )
+                )
+            else:
+                mark = " (request: `samizdat accept NAME` to accept)" if message.request else ""
+                _out(f"{message.sender}: {message.text}{mark}")
+    return 0
+
+
+async def _cmd_history(args: argparse.Namespace) -> int:
+    async with await _open(args) as client:
+        items = client.history(args.name)
+    if args.json:
+        rows = [
+            {
+                "direction": i.direction,
+                "text": i.text,
+                "id": i.id,
+                "sent_at": i.sent_at,
+                "received_at": i.received_at,
+            }
+            for i in items
+        ]
+        _out(json.dumps(rows))
+        return 0
+    for item in items:
+        who = "me" if item.direction == "out" else args.name
+        _out(f"{who}: {item.text}")
+    return 0
+
+
+async def _cmd_safety(args: argparse.Namespace) -> int:
+    async with await _open(args) as client:
+        _out(format_safety_number(client.safety_number(args.name)))
+    return 0
+
+
+async def _cmd_accept(args: argparse.Namespace) -> int:
+    async with await _open(args) as client:
+        await client.accept(args.name)
+    _out(f"accepted {args.name}")
+    return 0
+
+
+async def _cmd_block(args: argparse.Namespace) -> int:
+    async with await _open(args) as client:
+        await client.block(args.name)
+    _out(f"blocked {args.name}")
+    return 0
+
+
+async def _cmd_contacts(args: argparse.Namespace) -> int:
+    async with await _open(args) as client:
+        contacts = client.contacts()
+    if args.json:
+        rows = [{"name": c.name, "state": c.state, "answered": c.answered} for c in contacts]
+        _out(json.dumps(rows))
+        return 0
+    for contact in contacts:
+        _out(f"{contact.name}\t{contact.state}")
+    return 0
+
+
+async def _cmd_demo(args: argparse.Namespace) -> int:
+    from samizdat.client.demo import run_demo
+
+    return await run_demo(keep=args.keep)
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from samizdat.errors import LocalError
+    from samizdat.server.app import ServerConfig, parse_listen, run
+
+    try:
+        host, port = parse_listen(args.listen)
+    except LocalError as exc:
+        raise _UsageError(str(exc)) from exc
+    config = ServerConfig(data_dir=Path(args.data_dir), host=host, port=port)
+    if args.max_mailbox_entries is not None:
+        config = replace(config, max_mailbox_entries=args.max_mailbox_entries)
+    if args.log_level is not None:
+        config = replace(config, log_level=args.log_level)
+    run(config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="samizdat", description="An end-to-end encrypted messenger that is hard to block."
+    )
+    parser.add_argument("--version", action="version", version=f"samizdat {__version__}")
+    parser.add_argument("--home", help="home folder (default: $SAMIZDAT_HOME or ~/.samizdat)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("server", help="run a server")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (port 0: any)")
+    p.add_argument("--max-mailbox-entries", type=int, default=None, metavar="N")
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+
+    p = sub.add_parser("init", help="create an identity on this device")
+    p.add_argument("--server", required=True, help="the server's samizdat:server/... link")
+    p.add_argument("--name", required=True, help="the name contacts see")
+    p.set_defaults(handler=_cmd_init)
+
+    p = sub.add_parser("invite", help="print an invite link (and QR code) for a new contact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_invite)
+
+    p = sub.add_parser("add", help="add a contact from their invite link")
+    p.add_argument("link")
+    p.add_argument("--name", required=True)
+    p.set_defaults(handler=_cmd_add)
+
+    p = sub.add_parser("send", help="send a message; exits 0 once it is stored on their server")
+    p.add_argument("name")
+    p.add_argument("text")
+    p.set_defaults(handler=_cmd_send)
+
+    p = sub.add_parser("listen", help="print messages as they arrive")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--count", type=int, default=None, help="stop after N messages")
+    p.add_argument(
+        "--timeout", type=float, default=None, help="stop after S seconds without a message"
+    )
+    p.set_defaults(handler=_cmd_listen)
+
+    p = sub.add_parser("history", help="show the conversation (--json: one JSON array)")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_history)
+
+    p = sub.add_parser("safety-number", help="show the safety number with a contact")
+    p.add_argument("name")
+    p.set_defaults(handler=_cmd_safety)
+
+    p = sub.add_parser("accept", help="accept a contact request")
+    p.add_argument("name")
+    p.set_defaults(handler=_cmd_accept)
+
+    p = sub.add_parser("block", help="block a contact or request")
+    p.add_argument("name")
+    p.set_defaults(handler=_cmd_block)
+
+    p = sub.add_parser("contacts", help="list contacts, requests, blocked (--json: an array)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_contacts)
+
+    p = sub.add_parser("demo", help="run a local server, two users and show what it stores")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "server":
+            code = _cmd_server(args)
+        else:
+            handler: _Handler = args.handler
+            code = asyncio.run(handler(args))
+    except _UsageError as exc:
+        parser.exit(2, f"samizdat: error: {exc}\n")
+    except SamizdatError as exc:
+        parser.exit(1, f"samizdat: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "\n")
+    sys.exit(code)

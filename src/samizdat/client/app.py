@@ -1,0 +1,788 @@
+"""The client's composition root: identity, contacts and 1:1 messaging (DESIGN §3, §5).
+
+:class:`Client` ties together the encrypted store (client/store.py), the Olm account and
+sessions (crypto/olm.py), sealing (crypto/sealing.py) and one connection per server
+(client/connection.py). Every method re-reads shared state from the store under its
+inter-process lock, so that ``listen`` in one process and ``send`` in another can share
+a home folder.
+
+Delivery (protocol §5, §6): a message is padded, Olm-encrypted per recipient device,
+sealed to that device's sealing key, written to the outbox, then deposited on the
+recipient's server with their token; :meth:`Client.send` returns only after
+``DepositOk``. A failed deposit leaves the sealed bytes in the outbox; the next ``send``
+retries them unchanged (same msg_id, so the server stores one copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import msgspec
+
+from samizdat.client import records as rec
+from samizdat.client.connection import Connection, now_ms
+from samizdat.client.messaging import (
+    auth_proof,
+    device_keys,
+    open_entry,
+    seal_to_device,
+    sign_device_list,
+    sign_one_time_key,
+    verify_card,
+)
+from samizdat.client.records import Contact, ContactState, HistoryRecord, Identity, OutboxItem
+from samizdat.client.store import Store
+from samizdat.crypto.olm import OlmAccount, OlmSession
+from samizdat.crypto.padding import pad, unpad
+from samizdat.crypto.safety import safety_number
+from samizdat.crypto.sealing import SealingKey
+from samizdat.crypto.signing import SigningKey
+from samizdat.errors import (
+    ConnectError,
+    DecryptionError,
+    ErrorCode,
+    LocalError,
+    NotFound,
+    ProtocolError,
+    RemoteError,
+    ServerRefused,
+)
+from samizdat.protocol import frames, limits
+from samizdat.protocol.descriptor import SignedDescriptor, open_descriptor
+from samizdat.protocol.envelope import Payload, PayloadKind, decode_payload, encode_struct
+from samizdat.protocol.keys import DeviceKeys, decode_device_list, verify_signed_key
+from samizdat.protocol.links import (
+    ContactCard,
+    Invite,
+    ServerLink,
+    decode_invite,
+    decode_server_link,
+    encode_invite,
+    encode_server_link,
+)
+
+__all__ = ["Client", "Received", "ContactInfo", "HistoryItem", "INITIAL_ONE_TIME_KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: One-time keys uploaded at registration; topped up when the server holds under half.
+INITIAL_ONE_TIME_KEYS = 50
+_MAX_NAME = 64
+#: Refusals after which resending the same envelope can never succeed.
+_PERMANENT = {
+    "bad_token",
+    "unknown_device",
+    "envelope_too_large",
+    "bad_frame",
+    "too_many_envelopes",
+}
+
+
+@dataclass(frozen=True)
+class Received:
+    """A message yielded by :meth:`Client.listen`."""
+
+    sender: str
+    text: str = field(repr=False)
+    id: str
+    sent_at: int
+    request: bool
+
+
+@dataclass(frozen=True)
+class ContactInfo:
+    name: str
+    state: str
+    #: They have written to us at least once.
+    answered: bool
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    direction: str  # "in" or "out"
+    text: str = field(repr=False)
+    id: str = field(repr=False)
+    sent_at: int = 0
+    received_at: int = 0
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > _MAX_NAME or any(ord(c) < 32 for c in name):
+        raise LocalError(f"a name must be 1 to {_MAX_NAME} printable characters")
+    return name
+
+
+class Client:
+    """One device's identity and conversations. Create with :meth:`create` or :meth:`open`."""
+
+    def __init__(self, home: Path, store: Store, identity: Identity) -> None:
+        self._home = home
+        self._store = store
+        self._identity = identity
+        self._user_key = SigningKey.from_secret_bytes(identity.user_key_seed)
+        self._sealing = SealingKey.from_secret_bytes(identity.sealing_secret)
+        self._conns: dict[bytes, Connection] = {}
+        self._conn_locks: dict[bytes, asyncio.Lock] = {}
+        self._authed: set[int] = set()
+        self._subscribed_conns: set[int] = set()
+        #: Entries delivered on the current subscription but not yet consumed by listen().
+        self._backlog: list[frames.Entry] = []
+        # The last sealed body sent per contact name, in memory only (for tests and tools).
+        self._last_sent: dict[str, bytes] = {}
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @classmethod
+    async def create(cls, home: Path, passphrase: str, server_link: str, name: str) -> Client:
+        """Make a new identity in ``home`` and register this device on the server.
+
+        Raises:
+            LocalError: an identity already exists there, or the name is unusable.
+            ProtocolError: the server link is malformed or does not verify.
+            ConnectError, ServerRefused: registration failed (nothing is left behind).
+        """
+        name = _check_name(name)
+        if Store.exists(home):
+            raise LocalError("a samizdat identity already exists in this home folder")
+        link = decode_server_link(server_link)
+        descriptor = open_descriptor(link.descriptor, now_ms())
+        account = OlmAccount.create()
+        user_key = SigningKey.generate()
+        sealing = SealingKey.generate()
+        device = device_keys(account, sealing)
+        # No display name in the signed list: the server stores it, and names are metadata.
+        devices = sign_device_list(user_key, [device], 1, now_ms(), "")
+        conn = await Connection.open(link.descriptor, descriptor.server_key)
+        try:
+            proof = auth_proof(account, descriptor.server_key, conn.welcome.nonce)
+            await conn.call_any(frames.Register(rid=0, device=device, devices=devices, proof=proof))
+            keys = [sign_one_time_key(account, k) for k in account.generate_one_time_keys(50)]
+            fallback = sign_one_time_key(account, account.generate_fallback_key())
+            await conn.call(
+                frames.UploadKeys(rid=0, one_time_keys=keys, fallback_key=fallback), frames.Ok
+            )
+            account.mark_keys_as_published()
+        finally:
+            await conn.close()
+        store = Store.create(home, passphrase)
+        identity = Identity(
+            name=name,
+            user_key_seed=user_key.secret_bytes(),
+            sealing_secret=sealing.secret_bytes(),
+            device_id=device.device_id,
+            devices=devices,
+            server_key=descriptor.server_key,
+            server=conn.signed_descriptor,
+        )
+        with store.locked():
+            store.put("identity", "", rec.encode(identity))
+            store.put("account", "", account.pickle(store.pickle_key).encode())
+        return cls(home, store, identity)
+
+    @classmethod
+    async def open(cls, home: Path, passphrase: str) -> Client:
+        """Open the identity in ``home``.
+
+        Raises:
+            NotFound: no identity there. WrongPassphrase: the passphrase is wrong.
+        """
+        store = Store.open(home, passphrase)
+        raw = store.get("identity", "")
+        if raw is None:
+            store.close()
+            raise LocalError("the local store has no identity (interrupted init?)")
+        return cls(home, store, rec.decode(raw, Identity))
+
+    async def close(self) -> None:
+        for conn in list(self._conns.values()):
+            await conn.close()
+        self._conns.clear()
+        self._store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return "Client(<identity>)"
+
+    # -- identity --------------------------------------------------------------------
+
+    @property
+    def own_user_key(self) -> bytes:
+        return self._user_key.public_bytes
+
+    @property
+    def name(self) -> str:
+        return self._identity.name
+
+    @property
+    def server_link(self) -> str:
+        return encode_server_link(ServerLink(version=1, descriptor=self._identity.server))
+
+    def _own_card(self, token: bytes) -> ContactCard:
+        return ContactCard(
+            devices=self._identity.devices,
+            server=self._identity.server,
+            token=token,
+            name=self._identity.name,
+        )
+
+    # -- connections -------------------------------------------------------------------
+
+    async def _connection(self, server_key: bytes, signed: SignedDescriptor) -> Connection:
+        lock = self._conn_locks.setdefault(server_key, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(server_key)
+            if conn is not None and not conn.closed:
+                return conn
+            if conn is not None:
+                self._forget(conn)
+                await conn.close()
+            conn = await Connection.open(signed, server_key)
+            self._conns[server_key] = conn
+            return conn
+
+    def _forget(self, conn: Connection) -> None:
+        # Login and subscription are per connection; ids of dead objects can be reused.
+        self._authed.discard(id(conn))
+        if id(conn) in self._subscribed_conns:
+            self._subscribed_conns.discard(id(conn))
+            self._backlog = []
+
+    async def _drop(self, server_key: bytes) -> None:
+        conn = self._conns.pop(server_key, None)
+        if conn is not None:
+            self._forget(conn)
+            await conn.close()
+
+    async def _own(self) -> Connection:
+        """The authenticated connection to our own server (keys topped up on login)."""
+        conn = await self._connection(self._identity.server_key, self._identity.server)
+        if id(conn) in self._authed:
+            return conn
+        account = self._load_account()
+        proof = auth_proof(account, self._identity.server_key, conn.welcome.nonce)
+        ok = await conn.call(
+            frames.Auth(rid=0, device_id=self._identity.device_id, proof=proof), frames.AuthOk
+        )
+        self._authed.add(id(conn))
+        await self._top_up(conn, ok.one_time_keys, ok.has_fallback_key)
+        return conn
+
+    async def _top_up(self, conn: Connection, held: int, has_fallback: bool) -> None:
+        if held >= INITIAL_ONE_TIME_KEYS // 2 and has_fallback:
+            return
+        with self._store.locked():
+            account = self._load_account()
+            want = max(0, INITIAL_ONE_TIME_KEYS - held)
+            fresh = account.generate_one_time_keys(want)[: limits.MAX_KEYS_PER_UPLOAD]
+            fallback = None if has_fallback else account.generate_fallback_key()
+            self._save_account(account)
+        await conn.call(
+            frames.UploadKeys(
+                rid=0,
+                one_time_keys=[sign_one_time_key(account, k) for k in fresh],
+                fallback_key=None if fallback is None else sign_one_time_key(account, fallback),
+            ),
+            frames.Ok,
+        )
+        with self._store.locked():
+            account = self._load_account()
+            account.mark_keys_as_published()
+            self._save_account(account)
+        log.debug("uploaded %d one-time keys", len(fresh))
+
+    # -- store helpers ---------------------------------------------------------------
+
+    def _load_account(self) -> OlmAccount:
+        raw = self._store.get("account", "")
+        if raw is None:
+            raise LocalError("the local store has no account")
+        return OlmAccount.from_pickle(raw.decode(), self._store.pickle_key)
+
+    def _save_account(self, account: OlmAccount) -> None:
+        self._store.put("account", "", account.pickle(self._store.pickle_key).encode())
+
+    def _load_sessions(self, identity_key: bytes) -> list[OlmSession]:
+        raw = self._store.get("session", identity_key)
+        if raw is None:
+            return []
+        key = self._store.pickle_key
+        return [OlmSession.from_pickle(p, key) for p in rec.decode(raw, rec.Sessions).pickles]
+
+    def _save_sessions(self, identity_key: bytes, sessions: list[OlmSession]) -> None:
+        key = self._store.pickle_key
+        # A few sessions per device are enough: both sides may have started one at once.
+        pickles = [s.pickle(key) for s in sessions[:4]]
+        self._store.put("session", identity_key, rec.encode(rec.Sessions(pickles=pickles)))
+
+    def _contact(self, cid: bytes) -> Contact:
+        raw = self._store.get("contact", cid)
+        if raw is None:
+            raise LocalError("the local store lost a contact record")
+        return rec.decode(raw, Contact)
+
+    def _contact_by_name(self, name: str) -> Contact:
+        cid = self._store.get("name", name.strip())
+        if cid is None:
+            raise NotFound("no contact with this name")
+        return self._contact(cid)
+
+    def _save_contact(self, contact: Contact) -> None:
+        self._store.put("contact", contact.cid, rec.encode(contact))
+
+    def _index_contact(self, contact: Contact) -> None:
+        self._store.put("name", contact.name, contact.cid)
+        self._store.put("user", contact.user_key, contact.cid)
+        for device in decode_device_list(contact.devices).devices:
+            self._store.put("ident", device.identity_key, contact.cid)
+
+    def _unique_name(self, wanted: str) -> str:
+        base = re.sub(r"[\x00-\x1f]", "", wanted).strip()[: _MAX_NAME - 4] or "unknown"
+        name, n = base, 1
+        while self._store.get("name", name) is not None:
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
+    # -- contacts --------------------------------------------------------------------
+
+    async def invite(self) -> str:
+        """A fresh invite link with a new delivery token registered on our server."""
+        token = secrets.token_bytes(32)
+        conn = await self._own()
+        await conn.call(frames.AddToken(rid=0, token=token), frames.Ok)
+        return encode_invite(Invite(version=1, card=self._own_card(token)))
+
+    async def add_contact(self, link: str, name: str) -> None:
+        """Add a contact from their invite link under ``name``.
+
+        Raises:
+            ProtocolError: the invite is malformed or its signatures do not verify.
+            LocalError: the name is taken, or this user is already a contact.
+        """
+        name = _check_name(name)
+        verified = verify_card(decode_invite(link).card, now_ms())
+        user_key = verified.device_list.user_key
+        if user_key == self.own_user_key:
+            raise LocalError("this invite is your own")
+        with self._store.locked():
+            if self._store.get("name", name) is not None:
+                raise LocalError("a contact with this name already exists")
+            if self._store.get("user", user_key) is not None:
+                raise LocalError("this person is already a contact (under another name)")
+            contact = Contact(
+                cid=secrets.token_bytes(16),
+                name=name,
+                state=ContactState.CONTACT,
+                user_key=user_key,
+                devices=verified.card.devices,
+                device_list_version=verified.device_list.version,
+                server_key=verified.descriptor.server_key,
+                server=verified.card.server,
+                token=verified.card.token,
+            )
+            self._save_contact(contact)
+            self._index_contact(contact)
+
+    def contacts(self) -> list[ContactInfo]:
+        """Contacts, requests and blocked users, by name."""
+        found = [rec.decode(v, Contact) for v in self._store.values("contact")]
+        return sorted(
+            (ContactInfo(name=c.name, state=c.state.value, answered=c.answered) for c in found),
+            key=lambda c: c.name,
+        )
+
+    def requests(self) -> list[ContactInfo]:
+        return [c for c in self.contacts() if c.state == ContactState.REQUEST.value]
+
+    async def accept(self, name: str) -> None:
+        """Turn a contact request into a contact. Raises NotFound."""
+        with self._store.locked():
+            contact = self._contact_by_name(name)
+            if contact.state == ContactState.REQUEST:
+                contact.state = ContactState.CONTACT
+                self._save_contact(contact)
+
+    async def block(self, name: str) -> None:
+        """Drop everything from this contact from now on, and revoke our token for them."""
+        with self._store.locked():
+            contact = self._contact_by_name(name)
+            contact.state = ContactState.BLOCKED
+            token, contact.our_token = contact.our_token, None
+            self._save_contact(contact)
+        if token is not None:
+            with contextlib.suppress(RemoteError):
+                conn = await self._own()
+                await conn.call(frames.RevokeToken(rid=0, token=token), frames.Ok)
+
+    def safety_number(self, name: str) -> str:
+        """Sixty digits over both user keys; equal on both sides. Raises NotFound."""
+        return safety_number(self.own_user_key, self._contact_by_name(name).user_key)
+
+    def history(self, name: str) -> list[HistoryItem]:
+        """The conversation with ``name``, oldest first. Raises NotFound."""
+        contact = self._contact_by_name(name)
+        items = [
+            HistoryItem(
+                direction=r.direction,
+                text=r.text,
+                id=r.msg_id.hex(),
+                sent_at=r.sent_at,
+                received_at=r.received_at,
+            )
+            for r in (
+                rec.decode(v, HistoryRecord) for v in self._store.read_log("history", contact.cid)
+            )
+        ]
+        # Stored in arrival order; shown in the order written (a stable sort by sent_at).
+        return sorted(items, key=lambda item: item.sent_at)
+
+    # -- sending ---------------------------------------------------------------------
+
+    async def send(self, name: str, text: str) -> str:
+        """Send ``text`` to every device of ``name``; returns the message id (hex).
+
+        Returns only once the recipient's server answered ``DepositOk`` (durable).
+
+        Raises:
+            NotFound: no such contact. LocalError: the contact is blocked.
+            ConnectError, ServerRefused: not delivered (a transient failure is retried
+            by the next ``send``).
+        """
+        contact = self._contact_by_name(name)
+        if contact.state == ContactState.BLOCKED:
+            raise LocalError("this contact is blocked")
+        await self._flush_outbox()
+        card = None if contact.answered else await self._card_for(contact)
+        msg_id = secrets.token_bytes(16)
+        sent_at = now_ms()
+        payload = Payload(
+            msg_id=msg_id, sent_at=sent_at, kind=PayloadKind.TEXT, text=text, card=card
+        )
+        padded = pad(encode_struct(payload))
+        devices = decode_device_list(contact.devices).devices
+        claimed: dict[bytes, bytes] = {}
+        for device in devices:
+            if self._store.get("session", device.identity_key) is None:
+                claimed[device.identity_key] = await self._claim(contact, device)
+        envelopes: list[frames.Envelope] = []
+        with self._store.locked():
+            account = self._load_account()
+            for device in devices:
+                sessions = self._load_sessions(device.identity_key)
+                if not sessions:
+                    sessions = [
+                        account.create_outbound_session(
+                            device.identity_key, claimed[device.identity_key]
+                        )
+                    ]
+                olm_type, olm = sessions[0].encrypt(padded)
+                self._save_sessions(device.identity_key, sessions)
+                body = seal_to_device(device, account.identity_key, olm_type, olm)
+                envelopes.append(
+                    frames.Envelope(
+                        device_id=device.device_id, msg_id=secrets.token_bytes(16), body=body
+                    )
+                )
+            item = OutboxItem(
+                msg_id=msg_id,
+                cid=contact.cid,
+                token=contact.token,
+                server_key=contact.server_key,
+                server=contact.server,
+                envelopes=envelopes,
+                text=text,
+                sent_at=sent_at,
+            )
+            self._store.put("outbox", msg_id, rec.encode(item))
+        await self._deliver(msg_id, item)
+        self._last_sent[contact.name] = envelopes[0].body
+        return msg_id.hex()
+
+    async def _card_for(self, contact: Contact) -> ContactCard:
+        """Our card for this contact, with a per-contact token registered on our server."""
+        if contact.our_token is None:
+            token = secrets.token_bytes(32)
+            conn = await self._own()
+            await conn.call(frames.AddToken(rid=0, token=token), frames.Ok)
+            with self._store.locked():
+                fresh = self._contact(contact.cid)
+                if fresh.our_token is None:
+                    fresh.our_token = token
+                    self._save_contact(fresh)
+                contact.our_token = fresh.our_token
+        assert contact.our_token is not None
+        return self._own_card(contact.our_token)
+
+    async def _claim(self, contact: Contact, device: DeviceKeys) -> bytes:
+        """Claim one key of ``device`` on the contact's server and check its signature."""
+        conn = await self._connection(contact.server_key, contact.server)
+        bundle = await conn.call(
+            frames.ClaimKeys(rid=0, token=contact.token, device_id=device.device_id),
+            frames.KeyBundle,
+        )
+        if bundle.device_id != device.device_id:
+            raise ProtocolError(ErrorCode.BAD_FRAME, "key bundle for another device")
+        # The signing key comes from the device list we verified, not from the bundle.
+        verify_signed_key(device.signing_key, bundle.key)
+        return bundle.key.key
+
+    async def _deliver(self, msg_id: bytes, item: OutboxItem) -> None:
+        deposit = frames.Deposit(rid=0, token=item.token, envelopes=item.envelopes)
+        try:
+            for attempt in range(2):
+                conn = await self._connection(item.server_key, item.server)
+                try:
+                    await conn.call(deposit, frames.DepositOk)
+                    break
+                except ConnectError:
+                    await self._drop(item.server_key)
+                    if attempt:
+                        raise
+        except ServerRefused as exc:
+            if exc.code in _PERMANENT:
+                self._store.delete("outbox", msg_id)
+            raise
+        with self._store.locked():
+            self._store.delete("outbox", msg_id)
+            self._store.append(
+                "history",
+                item.cid,
+                rec.encode(
+                    HistoryRecord(
+                        direction="out",
+                        text=item.text,
+                        msg_id=msg_id,
+                        sent_at=item.sent_at,
+                        received_at=now_ms(),
+                    )
+                ),
+            )
+
+    async def _flush_outbox(self) -> None:
+        """Resend envelopes a previous ``send`` wrote but could not deliver."""
+        # Oldest first: per-sender order is part of the delivery contract (DESIGN §5).
+        items = sorted(
+            (rec.decode(raw, OutboxItem) for raw in self._store.values("outbox")),
+            key=lambda item: item.sent_at,
+        )
+        for item in items:
+            with contextlib.suppress(RemoteError):
+                await self._deliver(item.msg_id, item)
+
+    def last_sent_envelope(self, name: str) -> bytes:
+        """The sealed body this ``Client`` last deposited for ``name`` (first device).
+
+        Raises:
+            NotFound: nothing was sent to ``name`` by this object.
+        """
+        try:
+            return self._last_sent[name]
+        except KeyError:
+            raise NotFound("nothing sent to this contact in this session") from None
+
+    def open_envelope(self, body: bytes) -> str:
+        """Try to decrypt a mailbox entry body with the current state, saving nothing.
+
+        For inspection (e.g. showing that an old ciphertext no longer opens: forward
+        secrecy); the store is left untouched whatever happens.
+
+        Raises:
+            DecryptionError: it does not open with the keys held now.
+        """
+        sealed = open_entry(self._sealing, body)
+        for session in self._load_sessions(sealed.sender_identity_key):
+            with contextlib.suppress(DecryptionError):
+                return decode_payload(unpad(session.decrypt(sealed.olm_type, sealed.olm))).text
+        _, plaintext = self._load_account().create_inbound_session(
+            sealed.sender_identity_key, sealed.olm_type, sealed.olm
+        )
+        return decode_payload(unpad(plaintext)).text
+
+    # -- receiving -------------------------------------------------------------------
+
+    async def listen(
+        self,
+        count: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the documented API
+    ) -> AsyncIterator[Received]:
+        """Yield messages as they arrive on our server.
+
+        Stops after ``count`` messages, or once no message arrived for ``timeout``
+        seconds (an idle timeout; None waits forever). Entries are acknowledged once
+        stored, so an interrupted ``listen`` loses nothing.
+        """
+        yielded = 0
+        failures = 0
+        while count is None or yielded < count:
+            try:
+                conn = await self._subscribed()
+                if self._backlog:
+                    entries, self._backlog = self._backlog, []
+                else:
+                    deliver = await conn.next_delivery(timeout)
+                    if deliver is None:
+                        return
+                    entries = list(deliver.entries)
+            except ConnectError:
+                # A dropped or replaced connection: reconnect a few times, then give up.
+                # Unacknowledged entries come again on the new subscription.
+                self._backlog = []
+                await self._drop(self._identity.server_key)
+                failures += 1
+                if failures > 5:
+                    raise
+                await asyncio.sleep(0.2 * failures)
+                continue
+            failures = 0
+            batch: list[Received] = []
+            last = 0
+            for index, entry in enumerate(entries):
+                if count is not None and yielded + len(batch) >= count:
+                    # Delivered on this subscription but not consumed: the server will not
+                    # send them again on this connection, so keep them for the next call.
+                    self._backlog = entries[index:]
+                    break
+                received = self._process(entry)
+                last = entry.seq
+                if received is not None:
+                    batch.append(received)
+            if last:
+                with contextlib.suppress(RemoteError):
+                    await conn.call(frames.Ack(rid=0, up_to=last), frames.Ok)
+            for received in batch:
+                yielded += 1
+                yield received
+
+    async def _subscribed(self) -> Connection:
+        conn = await self._own()
+        if id(conn) not in self._subscribed_conns:
+            raw = self._store.get("cursor", "")
+            after = int.from_bytes(raw, "big") if raw else 0
+            await conn.call(frames.Subscribe(rid=0, after=after), frames.Ok)
+            self._subscribed_conns.add(id(conn))
+        return conn
+
+    def _process(self, entry: frames.Entry) -> Received | None:
+        """Decrypt, store and dedupe one entry (in one locked transaction)."""
+        with self._store.locked():
+            raw = self._store.get("cursor", "")
+            if raw and entry.seq <= int.from_bytes(raw, "big"):
+                return None
+            self._store.put("cursor", "", entry.seq.to_bytes(8, "big"))
+            try:
+                return self._open_entry(entry)
+            except (DecryptionError, ProtocolError, msgspec.ValidationError) as exc:
+                log.info("dropped a mailbox entry that does not open: %s", type(exc).__name__)
+                return None
+
+    def _open_entry(self, entry: frames.Entry) -> Received | None:
+        sealed = open_entry(self._sealing, entry.body)
+        sender_key = sealed.sender_identity_key
+        sessions = self._load_sessions(sender_key)
+        plaintext: bytes | None = None
+        for i, session in enumerate(sessions):
+            if sealed.olm_type == 0 and not session.matches(sealed.olm_type, sealed.olm):
+                continue
+            try:
+                plaintext = session.decrypt(sealed.olm_type, sealed.olm)
+            except DecryptionError:
+                continue
+            sessions.insert(0, sessions.pop(i))
+            break
+        if plaintext is None:
+            account = self._load_account()
+            session, plaintext = account.create_inbound_session(
+                sender_key, sealed.olm_type, sealed.olm
+            )
+            sessions.insert(0, session)
+            self._save_account(account)
+        self._save_sessions(sender_key, sessions)
+        payload = decode_payload(unpad(plaintext))
+        contact = self._sender(sender_key, payload)
+        if contact is None or contact.state == ContactState.BLOCKED:
+            return None
+        if not contact.answered:
+            contact.answered = True
+            self._save_contact(contact)
+        seen = contact.user_key + payload.msg_id
+        if self._store.get("seen", seen) is not None:
+            return None
+        self._store.put("seen", seen, b"")
+        self._store.append(
+            "history",
+            contact.cid,
+            rec.encode(
+                HistoryRecord(
+                    direction="in",
+                    text=payload.text,
+                    msg_id=payload.msg_id,
+                    sent_at=payload.sent_at,
+                    received_at=entry.received_at,
+                )
+            ),
+        )
+        return Received(
+            sender=contact.name,
+            text=payload.text,
+            id=payload.msg_id.hex(),
+            sent_at=payload.sent_at,
+            request=contact.state == ContactState.REQUEST,
+        )
+
+    def _sender(self, sender_key: bytes, payload: Payload) -> Contact | None:
+        """Who wrote: a contact by identity key, else a new request from the card."""
+        cid = self._store.get("ident", sender_key)
+        if cid is not None:
+            return self._contact(cid)
+        if payload.card is None:
+            log.info("dropped a message from an unknown sender without a card")
+            return None
+        verified = verify_card(payload.card, now_ms())
+        if verified.device(sender_key) is None:
+            log.info("dropped a message whose card does not list its sender")
+            return None
+        user_key = verified.device_list.user_key
+        cid = self._store.get("user", user_key)
+        if cid is not None:
+            # A known user with a new device list: keep the newer one.
+            contact = self._contact(cid)
+            if verified.device_list.version > contact.device_list_version:
+                contact.devices = payload.card.devices
+                contact.device_list_version = verified.device_list.version
+                self._save_contact(contact)
+                self._index_contact(contact)
+            listed = {d.identity_key for d in decode_device_list(contact.devices).devices}
+            return contact if sender_key in listed else None
+        contact = Contact(
+            cid=secrets.token_bytes(16),
+            name=self._unique_name(payload.card.name or verified.device_list.display_name),
+            state=ContactState.REQUEST,
+            user_key=user_key,
+            devices=payload.card.devices,
+            device_list_version=verified.device_list.version,
+            server_key=verified.descriptor.server_key,
+            server=payload.card.server,
+            token=payload.card.token,
+        )
+        self._save_contact(contact)
+        self._index_contact(contact)
+        return contact

@@ -1,0 +1,116 @@
+"""What the client keeps in its store: msgpack structs, each encrypted as one record.
+
+Record kinds and what they are looked up by (the store HMACs every lookup name):
+
+=============  ===================  ==============================================
+kind           lookup name          value
+=============  ===================  ==============================================
+``identity``   ``""``               :class:`Identity` (keys, own device list, server)
+``account``    ``""``               the vodozemac account pickle (changes often)
+``contact``    contact id (random)  :class:`Contact`
+``name``       contact name         contact id
+``ident``      Curve25519 identity  contact id (who sent a sealed envelope)
+``user``       user key             contact id
+``session``    Curve25519 identity  :class:`Sessions` (Olm pickles, newest first)
+``seen``       user key + msg id    empty (deduplication)
+``outbox``     msg id               :class:`OutboxItem` (sealed bytes, not yet durable)
+``cursor``     ``""``               last processed mailbox seq (8 bytes)
+``history``    contact id (log)     :class:`HistoryRecord`
+=============  ===================  ==============================================
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TypeVar
+
+import msgspec
+
+from samizdat.protocol.descriptor import SignedDescriptor
+from samizdat.protocol.frames import Envelope
+from samizdat.protocol.keys import SignedDeviceList
+
+__all__ = [
+    "ContactState",
+    "Identity",
+    "Contact",
+    "Sessions",
+    "OutboxItem",
+    "HistoryRecord",
+    "encode",
+    "decode",
+]
+
+
+class ContactState(StrEnum):
+    CONTACT = "contact"
+    REQUEST = "request"
+    BLOCKED = "blocked"
+
+
+class Identity(msgspec.Struct):
+    name: str
+    user_key_seed: bytes
+    sealing_secret: bytes
+    device_id: bytes
+    devices: SignedDeviceList
+    server_key: bytes
+    server: SignedDescriptor
+
+
+class Contact(msgspec.Struct):
+    cid: bytes
+    name: str
+    state: ContactState
+    user_key: bytes
+    devices: SignedDeviceList
+    device_list_version: int
+    server_key: bytes
+    server: SignedDescriptor
+    #: Their token: lets us deposit into their mailboxes and claim their keys.
+    token: bytes
+    #: Our token registered for them, carried in our card until they answer.
+    our_token: bytes | None = None
+    #: They have written to us at least once, so they know who we are.
+    answered: bool = False
+
+
+class Sessions(msgspec.Struct):
+    """Olm sessions with one remote device; the first is the one we encrypt with."""
+
+    pickles: list[str]
+
+
+class OutboxItem(msgspec.Struct):
+    """Sealed envelopes written before depositing, resent unchanged on retry."""
+
+    #: The payload's message id (the outbox key); envelope ids are random per device so
+    #: the server cannot link the copies of one message.
+    msg_id: bytes
+    cid: bytes
+    token: bytes
+    server_key: bytes
+    server: SignedDescriptor
+    envelopes: list[Envelope]
+    text: str
+    sent_at: int
+
+
+class HistoryRecord(msgspec.Struct):
+    direction: str
+    text: str
+    msg_id: bytes
+    sent_at: int
+    received_at: int
+
+
+_T = TypeVar("_T")
+_Record = Identity | Contact | Sessions | OutboxItem | HistoryRecord
+
+
+def encode(value: _Record) -> bytes:
+    return msgspec.msgpack.encode(value)
+
+
+def decode(data: bytes, kind: type[_T]) -> _T:
+    return msgspec.msgpack.decode(data, type=kind)
