@@ -1,12 +1,13 @@
-"""Settings shared by every test: hypothesis profiles, and no skipped tests.
+"""Settings shared by every test: hypothesis profiles, no skipped tests, leak attribution.
 
 ``HYPOTHESIS_PROFILE=fuzz`` runs the parsers' fuzz tests much longer than CI does.
 """
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import pytest
 from hypothesis import settings
@@ -32,3 +33,11 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"skipped and xfailed tests are not allowed: {reason}"
     return report
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    # An unclosed socket or transport warns when it is collected, and filterwarnings=error
+    # fails whichever test is running then. Collecting after each test blames the leaker.
+    yield
+    gc.collect()

@@ -186,6 +186,21 @@ def _cmd_server(args: argparse.Namespace) -> int:
         config = replace(config, max_mailbox_entries=args.max_mailbox_entries)
     if args.log_level is not None:
         config = replace(config, log_level=args.log_level)
+    if args.token_rate is not None or args.connection_rate is not None:
+        from samizdat.server.ratelimit import RateLimits
+
+        limits = RateLimits()
+        if args.token_rate is not None:
+            limits = replace(
+                limits, token_rate=args.token_rate, token_burst=max(1.0, args.token_rate * 10)
+            )
+        if args.connection_rate is not None:
+            limits = replace(
+                limits,
+                connection_rate=args.connection_rate,
+                connection_burst=max(1.0, args.connection_rate * 4),
+            )
+        config = replace(config, rate_limits=limits)
     run(config)
     return 0
 
@@ -203,6 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (port 0: any)")
     p.add_argument("--max-mailbox-entries", type=int, default=None, metavar="N")
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--token-rate",
+        type=float,
+        default=None,
+        metavar="PER_S",
+        help="deposits and key claims per second per delivery token (default 20)",
+    )
+    p.add_argument(
+        "--connection-rate",
+        type=float,
+        default=None,
+        metavar="PER_S",
+        help="frames per second per connection (default 100)",
+    )
 
     p = sub.add_parser("init", help="create an identity on this device")
     p.add_argument("--server", required=True, help="the server's samizdat:server/... link")

@@ -38,7 +38,11 @@ class StoredEnvelope:
 
 
 def stored_envelopes(db: Path) -> dict[str, StoredEnvelope]:
-    """Mailbox entries in a server database, by msg_id (hex): size and first 16 bytes."""
+    """Mailbox entries in a server database, oldest first: size and last 16 bytes.
+
+    Keyed by the envelope's msg_id (hex), which is random per envelope: the server cannot
+    link it to the message id the users see, so the demo matches rows by when they appeared.
+    """
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         found: dict[str, StoredEnvelope] = {}
@@ -46,11 +50,16 @@ def stored_envelopes(db: Path) -> dict[str, StoredEnvelope]:
         for table in tables:
             columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
             if {"msg_id", "body"} <= columns:
-                for msg_id, body in conn.execute(f'SELECT msg_id, body FROM "{table}"'):
-                    found[bytes(msg_id).hex()] = StoredEnvelope(len(body), bytes(body[:16]))
+                order = " ORDER BY received_at, seq" if {"received_at", "seq"} <= columns else ""
+                for msg_id, body in conn.execute(f'SELECT msg_id, body FROM "{table}"{order}'):
+                    found[bytes(msg_id).hex()] = StoredEnvelope(len(body), bytes(body[-16:]))
         return found
     finally:
         conn.close()
+
+
+def _new_rows(db: Path, before: dict[str, StoredEnvelope]) -> list[StoredEnvelope]:
+    return [row for key, row in stored_envelopes(db).items() if key not in before]
 
 
 def _say(line: str = "") -> None:
@@ -97,15 +106,15 @@ async def _read(client: Client, count: int) -> list[Received]:
     return [m async for m in client.listen(count=count, timeout=10)]
 
 
-def _side_by_side(read: list[Received], stored: dict[str, StoredEnvelope]) -> None:
-    _say(f"  {'what Bob read':<34} | what the server stored (same msg id)")
+def _side_by_side(read: list[Received], stored: list[StoredEnvelope]) -> None:
+    _say(f"  {'what Bob read':<34} | what the server stored for Bob's device")
     _say(f"  {'-' * 34}-+-{'-' * 50}")
-    for message in read:
-        envelope = stored.get(message.id)
+    for index, message in enumerate(read):
+        envelope = stored[index] if index < len(stored) else None
         right = (
             "(not captured)"
             if envelope is None
-            else f"{envelope.size:6d} bytes  {envelope.head.hex()}..."
+            else f"{envelope.size:6d} bytes  ...{envelope.head.hex()}"
         )
         left = f"{message.sender}: {message.text}"[:34]
         _say(f"  {left:<34} | {right}")
@@ -142,7 +151,7 @@ async def run_demo(keep: bool = False) -> int:
 
 async def _conversation(root: Path, link: str, db: Path, texts: list[str]) -> bool:
     passphrase = secrets.token_hex(16)
-    stored: dict[str, StoredEnvelope] = {}
+    stored: list[StoredEnvelope] = []
     async with (
         await Client.create(root / "alice", passphrase, link, "Alice") as alice,
         await Client.create(root / "bob", passphrase, link, "Bob") as bob,
@@ -155,10 +164,11 @@ async def _conversation(root: Path, link: str, db: Path, texts: list[str]) -> bo
         _say()
 
         first = ["Hi Bob, it's Alice. Found you through your invite!", "Are you there?"]
+        before = stored_envelopes(db)
         for text in first:
             texts.append(text)
             await alice.send("Bob", text)
-        stored.update(stored_envelopes(db))
+        stored += _new_rows(db, before)
         got = await _read(bob, len(first))
         for message in got:
             _say(f"Bob received from {message.sender!r} (contact request: {message.request})")
@@ -169,13 +179,13 @@ async def _conversation(root: Path, link: str, db: Path, texts: list[str]) -> bo
         for text in reply:
             texts.append(text)
             await bob.send("Alice", text)
-        stored.update(stored_envelopes(db))
         got_alice = await _read(alice, len(reply))
 
         last = "Great, talk soon. Sealed, padded, encrypted."
         texts.append(last)
+        before = stored_envelopes(db)
         await alice.send("Bob", last)
-        stored.update(stored_envelopes(db))
+        stored += _new_rows(db, before)
         got += await _read(bob, 1)
 
         _say()
