@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import websockets
 
 from samizdat.client.app import Client
 from samizdat.errors import ConnectError
@@ -14,7 +15,7 @@ from samizdat.protocol import frames as f
 from samizdat.protocol.keys import decode_device_list
 from samizdat.protocol.links import decode_invite
 from tests.e2e.harness import PASSPHRASE, ServerProcess, free_port, scan_for
-from tests.e2e.raw import RawConnection
+from tests.e2e.raw import RawConnection, descriptor_of, pinned_context
 
 
 async def test_client_refuses_a_server_whose_certificate_does_not_match(tmp_path: Path) -> None:
@@ -96,3 +97,21 @@ async def test_no_secret_in_logs_or_reprs(tmp_path: Path) -> None:
     log = server.log_path.read_bytes()
     assert b"DEBUG" in log or len(log) > 0  # the server did log something at debug level
     assert scan_for(server.log_path, needles) == []
+
+
+async def test_client_refuses_a_certificate_from_the_right_ca_with_another_key(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The CA alone is not enough: the leaf key must match the descriptor's pin."""
+    old_link = server.link
+    server.stop()
+    (server.data_dir / "tls.pem").unlink()
+    (server.data_dir / "tls.key").unlink()
+    server.start()  # same server key and CA, a new TLS key
+    descriptor = descriptor_of(old_link)
+    ws = await websockets.connect(
+        descriptor.endpoints[0].url, ssl=pinned_context(descriptor), max_size=2**20
+    )
+    await ws.close()  # the handshake against the CA alone succeeds...
+    with pytest.raises(ConnectError):  # ...but the client checks the pin too
+        await Client.create(tmp_path / "victim", PASSPHRASE, old_link, "victim")

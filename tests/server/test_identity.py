@@ -59,3 +59,10 @@ def test_parse_listen_round_trip(port: int, host: str) -> None:
 def test_parse_listen_refuses(text: str) -> None:
     with pytest.raises(LocalError):
         parse_listen(text)
+
+
+def test_a_renewed_leaf_certificate_keeps_its_key_and_pin(tmp_path: Path) -> None:
+    first = load_or_create_identity(tmp_path, ["127.0.0.1"])
+    (tmp_path / "tls.pem").unlink()  # as when the certificate is due for renewal
+    second = load_or_create_identity(tmp_path, ["127.0.0.1"])
+    assert second.tls_pin == first.tls_pin

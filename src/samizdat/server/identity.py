@@ -169,8 +169,10 @@ def _make_leaf(
     ca_cert: x509.Certificate,
     hosts: list[str],
     now: datetime.datetime,
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "samizdat server")]))
@@ -230,7 +232,16 @@ def load_or_create_identity(data_dir: Path, hosts: list[str]) -> ServerIdentity:
         if leaf.not_valid_after_utc - now < _LEAF_RENEW_BEFORE:
             leaf = None
     if leaf is None:
-        leaf_key, leaf = _make_leaf(ca_key, ca_cert, hosts, now)
+        # A renewed certificate keeps the leaf key: the pin is over the key, so clients
+        # holding the current descriptor keep connecting across the renewal.
+        old_key: ec.EllipticCurvePrivateKey | None = None
+        if not new_ca and leaf_key_file.exists():
+            loaded_leaf = serialization.load_pem_private_key(
+                leaf_key_file.read_bytes(), password=None
+            )
+            if isinstance(loaded_leaf, ec.EllipticCurvePrivateKey):
+                old_key = loaded_leaf
+        leaf_key, leaf = _make_leaf(ca_key, ca_cert, hosts, now, old_key)
         write_private(leaf_key_file, _pem_key(leaf_key))
         # The chain the server presents: leaf, then the CA clients anchor on.
         chain = leaf.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(
