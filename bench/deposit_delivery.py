@@ -303,7 +303,7 @@ def _percentile(sorted_values: list[int], q: float) -> float:
     return sorted_values[index] / 1e6
 
 
-def _start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(data_dir: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -321,6 +321,7 @@ def _start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             "1000000",
             "--connection-rate",
             "1000000",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -333,6 +334,30 @@ def _start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.05)
     proc.kill()
     raise SystemExit("server did not start")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start_profiler(pid: int, out: str | None, duration: float) -> subprocess.Popen[bytes] | None:
+    """py-spy attached to the server process for one phase (needs ptrace rights)."""
+    if out is None:
+        return None
+    fmt = "raw" if out.endswith(".txt") else "speedscope"
+    py_spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(duration) + 2)]
+        + ["--rate", "1000", "--gil", "--format", fmt, "--output", out, "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None:
+        profiler.wait(60)
 
 
 def _run_senders(
@@ -376,46 +401,105 @@ def main() -> None:
     parser.add_argument(
         "--rates", type=str, default="200,500,1000", help="offered envelopes/s for latency"
     )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="record the server with py-spy during the saturation phase (speedscope JSON "
+        "or, for a .txt name, collapsed stacks)",
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="postgresql://... : run TWO server nodes on this store and --bus; senders "
+        "deposit on node A, recipients subscribe on node B (every wake-up crosses the bus)",
+    )
+    parser.add_argument("--bus", metavar="URL", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--same-node",
+        action="store_true",
+        help="with --store: subscribers on node A too, so no wake-up crosses Redis (to "
+        "measure what the Redis hop adds)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="samizdat-bench-") as tmp:
-        server, link = _start_server(Path(tmp) / "server")
+        schema = ""
+        if args.store:
+            schema = f"bench_{secrets.token_hex(6)}"
+            asyncio.run(_pg_schema(args.store, f'CREATE SCHEMA "{schema}"'))
+            sep = "&" if "?" in args.store else "?"
+            extra = ["--store", f"{args.store}{sep}search_path={schema}", "--bus", args.bus]
+            extra += ["--identity-dir", str(Path(tmp) / "identity")]
+            node_a, link = _start_server(Path(tmp) / "node-a", extra)
+            node_b, recv_link = _start_server(Path(tmp) / "node-b", extra)
+            servers = [node_a, node_b]
+            what = "2 nodes, PostgreSQL (synchronous_commit=on) + Redis bus"
+            if args.same_node:
+                recv_link = link
+                what += "; subscribers on the depositing node"
+        else:
+            server, link = _start_server(Path(tmp) / "server", [])
+            recv_link = link
+            servers = [server]
+            what = "1 process, SQLite (WAL, synchronous=FULL)"
+        server = servers[0]
         try:
-            recipients = asyncio.run(_setup(link, args.recipients))
-            print(f"server: 1 process, SQLite (WAL, synchronous=FULL), {os.cpu_count()} cores")
+            recipients = asyncio.run(_setup(recv_link, args.recipients))
+            print(f"server: {what}; {os.cpu_count()} cores")
             print(
                 f"body: {BODY_SIZE} B; senders: {args.processes} proc x {args.connections} "
                 f"conn x {args.in_flight} in flight; {args.recipients} recipient devices"
             )
+            profiler = _start_profiler(server.pid, args.profile, args.duration)
+            cpu_before = cpu_seconds(server.pid)
             acked, elapsed = _run_senders(link, recipients, args, None)
+            cpu = cpu_seconds(server.pid) - cpu_before
+            _stop_profiler(profiler)
             print(
                 f"saturation: {acked / elapsed:,.0f} envelopes/s durable "
-                f"({acked} in {elapsed:.1f} s)"
+                f"({acked} in {elapsed:.1f} s); server CPU {cpu / elapsed:.0%} of a core, "
+                f"{cpu / max(acked, 1) * 1e6:.0f} us per deposit"
             )
             print(
                 f"{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-                f"{'p99.9 ms':>9} {'n':>7}"
+                f"{'p99.9 ms':>9} {'n':>7} {'us/env':>7}"
             )
             for rate in (float(r) for r in args.rates.split(",")):
                 ctx = mp.get_context("spawn")
                 ready, out = ctx.Event(), ctx.Queue()
                 receiver = ctx.Process(
                     target=_receiver_process,
-                    args=(link, recipients, args.duration + 5, ready, out),
+                    args=(recv_link, recipients, args.duration + 5, ready, out),
                 )
                 receiver.start()
                 ready.wait(60)
+                cpu_before = sum(cpu_seconds(s.pid) for s in servers)
                 acked, elapsed = _run_senders(link, recipients, args, rate)
                 latencies = sorted(out.get())
                 receiver.join()
+                cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
                 print(
                     f"{rate:>10,.0f} {acked / elapsed:>11,.0f} "
                     f"{_percentile(latencies, 0.50):>8.1f} {_percentile(latencies, 0.99):>8.1f} "
-                    f"{_percentile(latencies, 0.999):>9.1f} {len(latencies):>7}"
+                    f"{_percentile(latencies, 0.999):>9.1f} {len(latencies):>7} "
+                    f"{cpu / max(len(latencies), 1) * 1e6:>7.0f}"
                 )
         finally:
-            server.terminate()
-            server.wait(10)
+            for proc in servers:
+                proc.terminate()
+                proc.wait(10)
+            if schema:
+                asyncio.run(_pg_schema(args.store, f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+async def _pg_schema(url: str, statement: str) -> None:
+    import asyncpg  # only the two-node run needs it
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 async def _setup(link: str, count: int) -> list[Recipient]:

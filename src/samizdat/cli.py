@@ -19,10 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from samizdat import __version__
+from samizdat import __version__, cli_reach, cli_relay
+from samizdat.cli_extra import _cmd_group_history, add_extension_commands
+from samizdat.client import groups, verification
 from samizdat.client.app import Client
 from samizdat.crypto.safety import format_safety_number
-from samizdat.errors import SamizdatError
+from samizdat.errors import ConnectError, SamizdatError
 
 __all__ = ["main", "build_parser"]
 
@@ -55,11 +57,17 @@ def _out(line: str) -> None:
 
 
 async def _open(args: argparse.Namespace) -> Client:
-    return await Client.open(_home(args), _passphrase())
+    return await Client.open(_home(args), _passphrase(), cli_reach.transport_options(args))
 
 
 async def _cmd_init(args: argparse.Namespace) -> int:
-    client = await Client.create(_home(args), _passphrase(confirm=True), args.server, args.name)
+    client = await Client.create(
+        _home(args),
+        _passphrase(confirm=True),
+        args.server,
+        args.name,
+        cli_reach.transport_options(args),
+    )
     async with client:
         _out(f"created identity {client.name!r} in {_home(args)}")
     return 0
@@ -80,6 +88,14 @@ async def _cmd_invite(args: argparse.Namespace) -> int:
 
 async def _cmd_add(args: argparse.Namespace) -> int:
     async with await _open(args) as client:
+        if args.replace:
+            if verification.replace_contact(client, args.link, args.name):
+                _out(
+                    f"WARNING: the key of verified contact {args.name} CHANGED. Compare the "
+                    f"safety number again; sending waits for `samizdat trust {args.name}`."
+                )
+            _out(f"updated {args.name}")
+            return 0
         await client.add_contact(args.link, args.name)
     _out(f"added {args.name}")
     return 0
@@ -87,7 +103,15 @@ async def _cmd_add(args: argparse.Namespace) -> int:
 
 async def _cmd_send(args: argparse.Namespace) -> int:
     async with await _open(args) as client:
-        msg_id = await client.send(args.name, args.text)
+        if args.group:
+            msg_id = (await groups.send(client, args.name, args.text)).msg_id
+        else:
+            try:
+                msg_id = await client.send(args.name, args.text)
+            except ConnectError as exc:
+                raise ConnectError(
+                    f"{exc} — not delivered yet; it is queued and goes first on the next send"
+                ) from exc
     _out(msg_id)
     return 0
 
@@ -104,16 +128,20 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
                             "id": message.id,
                             "sent_at": message.sent_at,
                             "request": message.request,
+                            "group": message.group,
                         }
                     )
                 )
             else:
                 mark = " (request: `samizdat accept NAME` to accept)" if message.request else ""
-                _out(f"{message.sender}: {message.text}{mark}")
+                where = f"[{message.group}] " if message.group else ""
+                _out(f"{where}{message.sender}: {message.text}{mark}")
     return 0
 
 
 async def _cmd_history(args: argparse.Namespace) -> int:
+    if args.group:
+        return await _cmd_group_history(args)
     async with await _open(args) as client:
         items = client.history(args.name)
     if args.json:
@@ -138,6 +166,12 @@ async def _cmd_history(args: argparse.Namespace) -> int:
 async def _cmd_safety(args: argparse.Namespace) -> int:
     async with await _open(args) as client:
         _out(format_safety_number(client.safety_number(args.name)))
+        if args.qr:
+            import segno
+
+            segno.make(verification.safety_qr_text(client, args.name), error="M").terminal(
+                compact=True
+            )
     return 0
 
 
@@ -184,6 +218,18 @@ def _cmd_server(args: argparse.Namespace) -> int:
     config = ServerConfig(data_dir=Path(args.data_dir), host=host, port=port)
     if args.max_mailbox_entries is not None:
         config = replace(config, max_mailbox_entries=args.max_mailbox_entries)
+    if args.mailbox_ttl_days is not None:
+        config = replace(config, mailbox_ttl_days=args.mailbox_ttl_days)
+    # Scale-out (docs/scaling.md): shared store, bus, identity and the cluster's endpoints.
+    config = replace(
+        config,
+        store_url=args.store,
+        bus_url=args.bus,
+        extra_endpoints=tuple(args.endpoint),
+        identity_dir=None if args.identity_dir is None else Path(args.identity_dir),
+        public_host=args.public_host,
+        relays=tuple(args.relay),
+    )
     if args.log_level is not None:
         config = replace(config, log_level=args.log_level)
     if args.token_rate is not None or args.connection_rate is not None:
@@ -206,17 +252,64 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    parser = _build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    add_extension_commands(sub)
+    return parser
+
+
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samizdat", description="An end-to-end encrypted messenger that is hard to block."
     )
     parser.add_argument("--version", action="version", version=f"samizdat {__version__}")
     parser.add_argument("--home", help="home folder (default: $SAMIZDAT_HOME or ~/.samizdat)")
+    cli_reach.add_global_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli_reach.add_commands(sub, _open)
+    cli_relay.add_commands(sub, _open)
 
     p = sub.add_parser("server", help="run a server")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (port 0: any)")
     p.add_argument("--max-mailbox-entries", type=int, default=None, metavar="N")
+    p.add_argument(
+        "--mailbox-ttl-days",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="delete entries nobody fetched within DAYS (default 30)",
+    )
+    p.add_argument(
+        "--store", default=None, metavar="URL", help="postgresql://... (default: SQLite)"
+    )
+    p.add_argument("--bus", default=None, metavar="URL", help="redis://... to wake other nodes")
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another node's wss:// URL to list in the descriptor (repeatable)",
+    )
+    p.add_argument(
+        "--public-host",
+        default=None,
+        metavar="HOST",
+        help="name or address clients use for this server's own endpoint (default: --listen)",
+    )
+    p.add_argument(
+        "--identity-dir",
+        default=None,
+        metavar="DIR",
+        help="server key and TLS files shared by the nodes (default: the data dir)",
+    )
+    p.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="LINK",
+        help="a samizdat:relay/... link to list in the descriptor (repeatable)",
+    )
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--token-rate",
@@ -245,11 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("add", help="add a contact from their invite link")
     p.add_argument("link")
     p.add_argument("--name", required=True)
+    p.add_argument(
+        "--replace", action="store_true", help="the contact NAME has a new identity (key change)"
+    )
     p.set_defaults(handler=_cmd_add)
 
     p = sub.add_parser("send", help="send a message; exits 0 once it is stored on their server")
     p.add_argument("name")
     p.add_argument("text")
+    p.add_argument("--group", action="store_true", help="NAME is a group")
     p.set_defaults(handler=_cmd_send)
 
     p = sub.add_parser("listen", help="print messages as they arrive")
@@ -262,11 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("history", help="show the conversation (--json: one JSON array)")
     p.add_argument("name")
+    p.add_argument("--group", action="store_true", help="NAME is a group")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_history)
 
     p = sub.add_parser("safety-number", help="show the safety number with a contact")
     p.add_argument("name")
+    p.add_argument("--qr", action="store_true", help="also show it as a QR code")
     p.set_defaults(handler=_cmd_safety)
 
     p = sub.add_parser("accept", help="accept a contact request")

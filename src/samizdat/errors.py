@@ -23,7 +23,9 @@ __all__ = [
     "StoreLocked",
     "WrongPassphrase",
     "NotFound",
+    "KeyChanged",
     "ConnectError",
+    "StageFailed",
 ]
 
 
@@ -94,8 +96,26 @@ class ConnectError(RemoteError):
     """No route to a server completed the protocol hello (or the pin did not match)."""
 
 
+class StageFailed(ConnectError):
+    """One stage of reaching a server failed (transport/, protocol §5.1).
+
+    ``stage`` is ``dns``, ``doh``, ``tcp``, ``tls``, ``pin`` or ``hello``; ``kind`` a short
+    machine-readable cause (``nxdomain``, ``timeout``, ``reset``, ``refused``, ``mismatch``,
+    ``http_403`` ...). The message names no key, token or address.
+    """
+
+    def __init__(self, stage: str, kind: str, message: str = "") -> None:
+        super().__init__(message or f"{stage}: {kind}")
+        self.stage = stage
+        self.kind = kind
+
+
 class NotFound(LocalError):
     """A name the user gave (a contact, a message) does not exist."""
+
+
+class KeyChanged(LocalError):
+    """A verified contact's user key changed: sending waits for the user's consent."""
 
 
 class StoreLocked(LocalError):

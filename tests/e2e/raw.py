@@ -5,34 +5,19 @@ Tests use it to send what a well-behaved client never would.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import websockets
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from samizdat.crypto.signing import SigningKey
 from samizdat.protocol import frames as f
 from samizdat.protocol.descriptor import Descriptor, open_descriptor
-from samizdat.protocol.keys import (
-    AUTH_CONTEXT,
-    DEVICE_LIST_CONTEXT,
-    ONE_TIME_KEY_CONTEXT,
-    DeviceKeys,
-    DeviceList,
-    SignedDeviceList,
-    SignedKey,
-    auth_message,
-    device_id_for,
-    one_time_key_message,
-)
+from samizdat.protocol.keys import DeviceKeys, SignedDeviceList
 from samizdat.protocol.links import decode_server_link
+from samizdat.server.identity import spki_pin
+from tests.server.helpers import Device, User, client_ssl_context
 
 __all__ = ["RawConnection", "RawDevice", "descriptor_of"]
 
@@ -41,50 +26,35 @@ def descriptor_of(link: str) -> Descriptor:
     return open_descriptor(decode_server_link(link).descriptor, int(time.time() * 1000))
 
 
-def pinned_context(descriptor: Descriptor) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cadata=descriptor.tls_ca)
-    return ctx
+# The CA-only TLS context the real client starts from (the pin is checked separately).
+pinned_context = client_ssl_context
 
 
 @dataclass
 class RawDevice:
-    """A device made of plain Ed25519/X25519-shaped keys (no Olm needed to talk to a server)."""
+    """A one-device user made of plain Ed25519 keys (no Olm needed to talk to a server)."""
 
-    user: SigningKey
-    device: SigningKey
-    keys: DeviceKeys
-    devices: SignedDeviceList
+    user: User
 
     @classmethod
     def generate(cls) -> RawDevice:
-        user, device = SigningKey.generate(), SigningKey.generate()
-        keys = DeviceKeys(
-            device_id=device_id_for(device.public_bytes),
-            signing_key=device.public_bytes,
-            identity_key=secrets.token_bytes(32),
-            sealing_key=secrets.token_bytes(32),
-        )
-        body = msgspec.msgpack.encode(
-            DeviceList(
-                user_key=user.public_bytes,
-                devices=[keys],
-                version=1,
-                issued_at=int(time.time() * 1000),
-            )
-        )
-        signed = SignedDeviceList(body=body, signature=user.sign(DEVICE_LIST_CONTEXT, body))
-        return cls(user, device, keys, signed)
+        return cls(User.generate())
+
+    @property
+    def device(self) -> Device:
+        return self.user.devices[0]
+
+    @property
+    def keys(self) -> DeviceKeys:
+        return self.device.keys
+
+    @property
+    def devices(self) -> SignedDeviceList:
+        return self.user.signed_list()
 
     @property
     def device_id(self) -> bytes:
-        return self.keys.device_id
-
-    def signed_key(self, key_id: str, fallback: bool = False) -> SignedKey:
-        key = secrets.token_bytes(32)
-        sig = self.device.sign(ONE_TIME_KEY_CONTEXT, one_time_key_message(key_id, key, fallback))
-        return SignedKey(key_id=key_id, key=key, signature=sig, fallback=fallback)
+        return self.device.device_id
 
 
 class RawConnection:
@@ -106,12 +76,7 @@ class RawConnection:
             descriptor.endpoints[0].url, ssl=pinned_context(descriptor), max_size=2**22
         )
         peer = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        spki = (
-            x509.load_der_x509_certificate(peer)
-            .public_key()
-            .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        )
-        assert hashlib.sha256(spki).digest() == descriptor.tls_pin
+        assert spki_pin(x509.load_der_x509_certificate(peer)) == descriptor.tls_pin
         await ws.send(f.encode(f.Hello(versions=[1], client="raw-test")))
         welcome = await cls._recv(ws)
         assert isinstance(welcome, f.Welcome), welcome
@@ -150,8 +115,7 @@ class RawConnection:
         return await self.recv()
 
     def proof(self, device: RawDevice) -> bytes:
-        message = auth_message(self.descriptor.server_key, self.welcome.nonce, device.device_id)
-        return device.device.sign(AUTH_CONTEXT, message)
+        return device.device.proof(self.descriptor.server_key, self.welcome.nonce)
 
     async def register(self, device: RawDevice) -> f.ServerFrame:
         return await self.call(

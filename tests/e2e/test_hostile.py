@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -67,7 +68,7 @@ async def test_each_bad_input_gets_its_error_and_others_carry_on(
         rid=conn.rid(),
         device=forger.keys,
         devices=forger.devices,
-        proof=RawDevice.generate().device.sign(b"samizdat/auth/v1", b"x"),
+        proof=RawDevice.generate().device.signing.sign(b"samizdat/auth/v1", b"x"),
     )
     assert _error(await conn.call(bad)) == ErrorCode.BAD_SIGNATURE
     # A device list whose signature was tampered with.
@@ -178,3 +179,24 @@ async def test_full_mailbox_answers_quota_and_one_consumer_at_a_time(
         assert isinstance(ok, f.DepositOk)
     finally:
         small_server.stop()
+
+
+async def test_entries_nobody_fetched_expire_after_the_mailbox_time_to_live(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "ttl", extra_args=("--mailbox-ttl-days", "0.00003"))
+    server.start()  # about 2.6 s
+    try:
+        owner, device, token = await _registered(server.link)
+        conn = await RawConnection.open(server.link)
+        env = f.Envelope(device_id=device.device_id, msg_id=os.urandom(16), body=b"t" * 100)
+        assert isinstance(
+            await conn.call(f.Deposit(rid=conn.rid(), token=token, envelopes=[env])), f.DepositOk
+        )
+        await asyncio.sleep(4.0)
+        assert isinstance(await owner.call(f.Subscribe(rid=owner.rid(), after=0)), f.Ok)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(owner.recv_delivery(), 1.0)
+        assert owner.delivered == []
+    finally:
+        server.stop()

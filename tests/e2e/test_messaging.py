@@ -159,3 +159,19 @@ async def test_a_send_that_failed_is_delivered_later_once_and_in_order(
         "written after it came back",
     ]
     assert await _collect(bob, 1, wait=1.0) == []
+
+
+async def test_queued_messages_keep_their_order_when_the_server_comes_back(
+    pair: tuple[Client, Client], server: ServerProcess
+) -> None:
+    """A newer message never overtakes older queued ones to the same contact."""
+    alice, bob = pair
+    server.kill()
+    for text in ("first, queued", "second, queued"):
+        with pytest.raises(ConnectError):
+            await alice.send("bob", text)
+    server.start()
+    await alice.send("bob", "third, live")
+    got = await _collect(bob, 3)
+    assert [m.text for m in got] == ["first, queued", "second, queued", "third, live"]
+    assert [item.text for item in alice.history("bob")][-3:] == [m.text for m in got]

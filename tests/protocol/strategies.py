@@ -215,6 +215,19 @@ client_frames: st.SearchStrategy[frames.ClientFrame] = st.one_of(
         token=tokens,
         envelopes=st.lists(envelopes, min_size=1, max_size=8),
     ),
+    st.builds(
+        frames.Fanout,
+        rid=rids,
+        msg_id=ids16,
+        body=st.binary(max_size=64),
+        targets=st.lists(
+            st.builds(
+                frames.FanoutTarget, token=tokens, devices=st.lists(ids16, min_size=1, max_size=3)
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+    ),
     st.builds(frames.Subscribe, rid=rids, after=seqs),
     st.builds(frames.Ack, rid=rids, up_to=seqs),
 )

@@ -62,6 +62,7 @@ def test_wire_layouts() -> None:
         "kind": "text",
         "text": "hi",
         "card": None,
+        "control": None,
     }
 
 

@@ -23,6 +23,7 @@ CLIENT_LAYOUT: dict[str, set[str]] = {
     "add_token": {"rid", "token"},
     "revoke_token": {"rid", "token"},
     "deposit": {"rid", "token", "envelopes"},
+    "fanout": {"rid", "msg_id", "body", "targets"},
     "subscribe": {"rid", "after"},
     "ack": {"rid", "up_to"},
 }

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -7,22 +8,33 @@ import pytest
 
 from samizdat.server.app import RunningServer, ServerConfig, start
 from samizdat.server.store.base import Store
+from samizdat.server.store.postgres import PostgresStore
 from samizdat.server.store.sqlite import SqliteStore
+
+from .services import PG_DSN, drop_pg_schema
 
 StoreFactory = Callable[..., Awaitable[Store]]
 
-# Every store implementation runs the same conformance suite; add "postgresql" here.
-STORE_KINDS = ["sqlite"]
+# Every store implementation runs the same conformance suite.
+STORE_KINDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(params=STORE_KINDS)
 async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens a store on the same database each call (to test reopening)."""
+    """Opens a store on the same database each call (to test reopening).
+
+    PostgreSQL must be running (PG_DSN): a missing server fails the test, never skips it.
+    Each test gets its own schema, dropped afterwards, so runs do not collide.
+    """
     opened: list[Store] = []
+    schema = f"t_{secrets.token_hex(8)}"
 
     async def factory(**options: int) -> Store:
-        assert request.param == "sqlite"
-        store = SqliteStore(tmp_path / "server.db", **options)
+        store: Store
+        if request.param == "sqlite":
+            store = SqliteStore(tmp_path / "server.db", **options)
+        else:
+            store = PostgresStore(PG_DSN, schema=schema, pool_size=4, **options)
         await store.open()
         opened.append(store)
         return store
@@ -30,6 +42,8 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     yield factory
     for store in opened:
         await store.close()
+    if request.param == "postgresql" and opened:
+        await drop_pg_schema(schema)
 
 
 @pytest.fixture

@@ -72,6 +72,22 @@ async def test_msg_ids_are_forgotten_after_retention(make_store: StoreFactory) -
     assert (await store.deposit([item(dev, 1)], NOW_MS)).stored == 1
 
 
+async def test_expire_drops_only_entries_past_their_time_to_live(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store()
+    old, fresh = os.urandom(16), os.urandom(16)
+    await store.deposit([item(old, 1), item(old, 2), item(fresh, 3)], NOW_MS)
+    await store.deposit([item(old, 4)], NOW_MS + 5_000)
+    assert await store.expire(NOW_MS + 1_000) == 3
+    assert [e.msg_id for e in await store.fetch(old, 0, 10)] == [item(old, 4).msg_id]
+    assert await store.mailbox_size(old) == 1 and await store.mailbox_size(fresh) == 0
+    assert await store.expire(NOW_MS + 1_000) == 0
+    # An expired envelope retried later is still a duplicate, not a new copy.
+    assert (await store.deposit([item(old, 1)], NOW_MS + 2_000)).duplicates == 1
+    assert await store.last_seq(old) == 3
+
+
 async def test_seq_never_reused(make_store: StoreFactory) -> None:
     store = await make_store()
     dev = os.urandom(16)

@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import msgspec
 
+from samizdat.client import devices as linked
+from samizdat.client import group_inbox, reach, relays, verification
 from samizdat.client import records as rec
 from samizdat.client.connection import Connection, now_ms
+from samizdat.client.dispatch import on_control
 from samizdat.client.messaging import (
     auth_proof,
     device_keys,
@@ -56,6 +60,7 @@ from samizdat.errors import (
     ServerRefused,
 )
 from samizdat.protocol import frames, limits
+from samizdat.protocol.control import decode_group_box
 from samizdat.protocol.descriptor import SignedDescriptor, open_descriptor
 from samizdat.protocol.envelope import Payload, PayloadKind, decode_payload, encode_struct
 from samizdat.protocol.keys import DeviceKeys, decode_device_list, verify_signed_key
@@ -68,6 +73,7 @@ from samizdat.protocol.links import (
     encode_invite,
     encode_server_link,
 )
+from samizdat.transport import TransportOptions
 
 __all__ = ["Client", "Received", "ContactInfo", "HistoryItem", "INITIAL_ONE_TIME_KEYS"]
 
@@ -95,6 +101,8 @@ class Received:
     id: str
     sent_at: int
     request: bool
+    #: The group's local name for a group message (client/groups.py), else None.
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,9 +132,19 @@ def _check_name(name: str) -> str:
 class Client:
     """One device's identity and conversations. Create with :meth:`create` or :meth:`open`."""
 
-    def __init__(self, home: Path, store: Store, identity: Identity) -> None:
+    def __init__(
+        self,
+        home: Path,
+        store: Store,
+        identity: Identity,
+        transport: TransportOptions | None = None,
+    ) -> None:
         self._home = home
+        #: How to reach servers: proxy, resolvers (DESIGN §6); the same for every command.
+        self.transport = transport or TransportOptions()
         self._store = store
+        # Relays the user added join every dial (client/relays.py, protocol §11).
+        self.transport = relays.with_relays(self.transport, store)
         self._identity = identity
         self._user_key = SigningKey.from_secret_bytes(identity.user_key_seed)
         self._sealing = SealingKey.from_secret_bytes(identity.sealing_secret)
@@ -138,11 +156,20 @@ class Client:
         self._backlog: list[frames.Entry] = []
         # The last sealed body sent per contact name, in memory only (for tests and tools).
         self._last_sent: dict[str, bytes] = {}
+        #: An open `devices link` (client/devices.py), in memory only.
+        self._link_offer: linked.LinkOffer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
     @classmethod
-    async def create(cls, home: Path, passphrase: str, server_link: str, name: str) -> Client:
+    async def create(
+        cls,
+        home: Path,
+        passphrase: str,
+        server_link: str,
+        name: str,
+        transport: TransportOptions | None = None,
+    ) -> Client:
         """Make a new identity in ``home`` and register this device on the server.
 
         Raises:
@@ -161,9 +188,9 @@ class Client:
         device = device_keys(account, sealing)
         # No display name in the signed list: the server stores it, and names are metadata.
         devices = sign_device_list(user_key, [device], 1, now_ms(), "")
-        conn = await Connection.open(link.descriptor, descriptor.server_key)
+        conn = await Connection.open(link.descriptor, descriptor.server_key, transport)
         try:
-            proof = auth_proof(account, descriptor.server_key, conn.welcome.nonce)
+            proof = auth_proof(account, conn.descriptor.server_key, conn.welcome.nonce)
             await conn.call_any(frames.Register(rid=0, device=device, devices=devices, proof=proof))
             keys = [sign_one_time_key(account, k) for k in account.generate_one_time_keys(50)]
             fallback = sign_one_time_key(account, account.generate_fallback_key())
@@ -186,10 +213,14 @@ class Client:
         with store.locked():
             store.put("identity", "", rec.encode(identity))
             store.put("account", "", account.pickle(store.pickle_key).encode())
-        return cls(home, store, identity)
+        if conn.candidate is not None:
+            reach.save_route(store, descriptor.server_key, conn.candidate.key)
+        return cls(home, store, identity, transport)
 
     @classmethod
-    async def open(cls, home: Path, passphrase: str) -> Client:
+    async def open(
+        cls, home: Path, passphrase: str, transport: TransportOptions | None = None
+    ) -> Client:
         """Open the identity in ``home``.
 
         Raises:
@@ -200,7 +231,7 @@ class Client:
         if raw is None:
             store.close()
             raise LocalError("the local store has no identity (interrupted init?)")
-        return cls(home, store, rec.decode(raw, Identity))
+        return cls(home, store, rec.decode(raw, Identity), transport)
 
     async def close(self) -> None:
         for conn in list(self._conns.values()):
@@ -236,10 +267,15 @@ class Client:
     def server_link(self) -> str:
         return encode_server_link(ServerLink(version=1, descriptor=self._identity.server))
 
+    def _own_identity_key(self) -> bytes:
+        return linked.own_device(self).identity_key
+
     def _own_card(self, token: bytes) -> ContactCard:
         return ContactCard(
             devices=self._identity.devices,
-            server=self._identity.server,
+            server=reach.newest_descriptor(
+                self._store, self._identity.server_key, self._identity.server
+            ),
             token=token,
             name=self._identity.name,
         )
@@ -255,9 +291,25 @@ class Client:
             if conn is not None:
                 self._forget(conn)
                 await conn.close()
-            conn = await Connection.open(signed, server_key)
+            # The newest descriptor we hold, the path that worked last time first (DESIGN §6).
+            signed = reach.newest_descriptor(self._store, server_key, signed)
+            preferred = reach.preferred_route(self._store, server_key)
+            conn = await Connection.open(signed, server_key, self.transport, preferred)
+            if conn.candidate is not None:
+                reach.save_route(self._store, server_key, conn.candidate.key)
+            reach.save_descriptor(self._store, server_key, conn.signed_descriptor)
+            conn.on_descriptor = functools.partial(reach.save_descriptor, self._store, server_key)
             self._conns[server_key] = conn
             return conn
+
+    async def route(self) -> Connection:
+        """The live connection to our own server (for ``samizdat status``: which path)."""
+        return await self._connection(self._identity.server_key, self._identity.server)
+
+    def own_descriptor(self) -> tuple[SignedDescriptor, bytes]:
+        """The newest descriptor of our own server, and the server key it must carry."""
+        key = self._identity.server_key
+        return reach.newest_descriptor(self._store, key, self._identity.server), key
 
     def _forget(self, conn: Connection) -> None:
         # Login and subscription are per connection; ids of dead objects can be reused.
@@ -278,7 +330,8 @@ class Client:
         if id(conn) in self._authed:
             return conn
         account = self._load_account()
-        proof = auth_proof(account, self._identity.server_key, conn.welcome.nonce)
+        # The key the server holds now: it may have rotated since we joined (protocol §4).
+        proof = auth_proof(account, conn.descriptor.server_key, conn.welcome.nonce)
         ok = await conn.call(
             frames.Auth(rid=0, device_id=self._identity.device_id, proof=proof), frames.AuthOk
         )
@@ -464,13 +517,13 @@ class Client:
 
         Raises:
             NotFound: no such contact. LocalError: the contact is blocked.
-            ConnectError, ServerRefused: not delivered (a transient failure is retried
-            by the next ``send``).
+            ConnectError, ServerRefused: not delivered yet; after a transient failure the
+            message stays queued and the next ``send`` to this contact delivers it first.
         """
         contact = self._contact_by_name(name)
         if contact.state == ContactState.BLOCKED:
             raise LocalError("this contact is blocked")
-        await self._flush_outbox()
+        verification.check_can_send(contact)
         card = None if contact.answered else await self._card_for(contact)
         msg_id = secrets.token_bytes(16)
         sent_at = now_ms()
@@ -513,8 +566,11 @@ class Client:
                 sent_at=sent_at,
             )
             self._store.put("outbox", msg_id, rec.encode(item))
-        await self._deliver(msg_id, item)
+        # Older undelivered messages to this contact go first; on failure this one stays
+        # queued behind them and the next send (or a retry) delivers them in order.
+        await self._flush_outbox(contact.cid)
         self._last_sent[contact.name] = envelopes[0].body
+        await linked.copy_to_own_devices(self, contact.user_key, msg_id, sent_at, text)
         return msg_id.hex()
 
     async def _card_for(self, contact: Contact) -> ContactCard:
@@ -577,16 +633,34 @@ class Client:
                 ),
             )
 
-    async def _flush_outbox(self) -> None:
-        """Resend envelopes a previous ``send`` wrote but could not deliver."""
-        # Oldest first: per-sender order is part of the delivery contract (DESIGN §5).
+    async def _flush_outbox(self, cid: bytes | None = None) -> None:
+        """Resend envelopes a previous ``send`` wrote but could not deliver.
+
+        Oldest first, and a contact whose oldest message fails gets nothing newer this
+        round: per-sender order is part of the delivery contract (DESIGN §5). With ``cid``
+        only that contact's messages are resent, and a failure is raised, so that a new
+        message never overtakes an older one to the same contact.
+        """
         items = sorted(
             (rec.decode(raw, OutboxItem) for raw in self._store.values("outbox")),
             key=lambda item: item.sent_at,
         )
+        stuck: set[bytes] = set()
         for item in items:
-            with contextlib.suppress(RemoteError):
+            if item.cid in stuck or (cid is not None and item.cid != cid):
+                continue
+            try:
                 await self._deliver(item.msg_id, item)
+            except ServerRefused as exc:
+                if exc.code in _PERMANENT:
+                    continue  # dropped from the outbox by _deliver; later ones may pass
+                stuck.add(item.cid)
+                if cid is not None:
+                    raise
+            except RemoteError:
+                stuck.add(item.cid)
+                if cid is not None:
+                    raise
 
     def last_sent_envelope(self, name: str) -> bytes:
         """The sealed body this ``Client`` last deposited for ``name`` (first device).
@@ -623,7 +697,7 @@ class Client:
         self,
         count: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the documented API
-    ) -> AsyncIterator[Received]:
+    ) -> AsyncGenerator[Received, None]:
         """Yield messages as they arrive on our server.
 
         Stops after ``count`` messages, or once no message arrived for ``timeout``
@@ -632,6 +706,7 @@ class Client:
         """
         yielded = 0
         failures = 0
+        since = asyncio.get_running_loop().time()
         while count is None or yielded < count:
             try:
                 conn = await self._subscribed()
@@ -642,17 +717,23 @@ class Client:
                     if deliver is None:
                         return
                     entries = list(deliver.entries)
-            except ConnectError:
-                # A dropped or replaced connection: reconnect a few times, then give up.
-                # Unacknowledged entries come again on the new subscription.
+            except ConnectError as exc:
+                # Dropped or blocked: reconnect for as long as we run, with jittered backoff
+                # (DESIGN §6); unacknowledged entries come again on the new subscription.
+                # Replaced by another listener: stop, or the two would take turns forever.
+                # With an idle timeout, give up once that long passed without a connection.
                 self._backlog = []
                 await self._drop(self._identity.server_key)
                 failures += 1
-                if failures > 5:
+                elapsed = asyncio.get_running_loop().time() - since
+                if ErrorCode.REPLACED.value in str(exc) or (
+                    timeout is not None and elapsed > timeout
+                ):
                     raise
-                await asyncio.sleep(0.2 * failures)
+                await asyncio.sleep(reach.backoff(failures))
                 continue
             failures = 0
+            since = asyncio.get_running_loop().time()
             batch: list[Received] = []
             last = 0
             for index, entry in enumerate(entries):
@@ -689,6 +770,9 @@ class Client:
                 return None
             self._store.put("cursor", "", entry.seq.to_bytes(8, "big"))
             try:
+                box = decode_group_box(entry.body)
+                if box is not None:
+                    return group_inbox.on_group_box(self, box)
                 return self._open_entry(entry)
             except (DecryptionError, ProtocolError, msgspec.ValidationError) as exc:
                 log.info("dropped a mailbox entry that does not open: %s", type(exc).__name__)
@@ -717,6 +801,9 @@ class Client:
             self._save_account(account)
         self._save_sessions(sender_key, sessions)
         payload = decode_payload(unpad(plaintext))
+        if payload.kind == PayloadKind.CONTROL and payload.control is not None:
+            on_control(self, sender_key, payload.control)
+            return None
         contact = self._sender(sender_key, payload)
         if contact is None or contact.state == ContactState.BLOCKED:
             return None

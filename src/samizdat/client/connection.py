@@ -1,79 +1,60 @@
-"""One connection to one server, from its verified descriptor (DESIGN §4, protocol §5).
+"""One connection to one server, from its verified descriptor (DESIGN §4, §6, protocol §5).
 
-TLS trusts only the descriptor's own CA (``tls_ca``) with the hostname check off, and
-then checks explicitly that SHA-256 of the leaf certificate's SubjectPublicKeyInfo equals
-``tls_pin`` before any frame is sent: a man in the middle with another certificate
-fails even if it somehow chains to that CA.
+:meth:`Connection.open` goes through ``samizdat.transport``: every endpoint of the
+descriptor, over WebSocket or HTTPS long-polling, directly or through a proxy, with the
+system resolver or DNS-over-HTTPS, tried as in Happy Eyeballs. Whatever path wins, TLS
+is anchored on the descriptor's CA and the key pin is checked before any HTTP is sent,
+and the server's ``Welcome`` must carry a descriptor signed by the key we already trust.
 
-After ``Hello``/``Welcome`` (whose descriptor must be signed by the key we already
-trust), requests are matched to replies by ``rid`` with futures; ``Deliver`` frames go
-to a queue that :meth:`Connection.next_delivery` drains.
+After the hello, requests are matched to replies by ``rid`` with futures; ``Deliver``
+frames go to a queue that :meth:`Connection.next_delivery` drains; a newer signed
+descriptor (``DescriptorUpdate``) replaces ours and is handed to ``on_descriptor``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import ssl
-import time
+from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
 
-from samizdat import __version__
 from samizdat.errors import ConnectError, ErrorCode, ProtocolError, ServerRefused
-from samizdat.protocol import frames, limits
+from samizdat.protocol import frames
 from samizdat.protocol.descriptor import Descriptor, SignedDescriptor, open_descriptor
+from samizdat.transport import Attempt, Candidate, Channel, TransportOptions, dial, pin_of
+from samizdat.transport.dial import now_ms
 
-__all__ = ["CONNECT_TIMEOUT", "REQUEST_TIMEOUT", "Connection", "now_ms", "pin_of"]
+__all__ = ["REQUEST_TIMEOUT", "Connection", "now_ms", "pin_of"]
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 30.0
 _F = TypeVar("_F")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def pin_of(certificate_der: bytes) -> bytes:
-    """SHA-256 of a certificate's SubjectPublicKeyInfo (DER)."""
-    cert = x509.load_der_x509_certificate(certificate_der)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).digest()
-
-
-def _ssl_context(descriptor: Descriptor) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # The pin, not a name, identifies the server (DESIGN §4): IP literals must work.
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_REQUIRED
-    try:
-        context.load_verify_locations(cadata=descriptor.tls_ca)
-    except (ssl.SSLError, ValueError) as exc:
-        raise ConnectError("the server descriptor carries an unusable certificate") from exc
-    return context
 
 
 class Connection:
     """A live, hello'd connection. Use :meth:`open`; never shows what it carries."""
 
-    def __init__(self, ws: ClientConnection, welcome: frames.Welcome, descriptor: Descriptor):
-        self._ws = ws
+    def __init__(
+        self,
+        channel: Channel,
+        welcome: frames.Welcome,
+        descriptor: Descriptor,
+        candidate: Candidate | None = None,
+        attempts: list[Attempt] | None = None,
+    ):
+        self._channel = channel
         self.welcome = welcome
         self.descriptor = descriptor
         self.signed_descriptor: SignedDescriptor = welcome.descriptor
+        #: The path that won (endpoint, transport, resolver, route) and why others lost.
+        self.candidate = candidate
+        self.attempts = attempts or []
+        #: Called with every newer verified descriptor the server pushes.
+        self.on_descriptor: Callable[[SignedDescriptor], object] | None = None
         self._next_rid = 1
         self._pending: dict[int, asyncio.Future[frames.ServerFrame]] = {}
         self._deliveries: asyncio.Queue[frames.Deliver | None] = asyncio.Queue()
@@ -81,65 +62,27 @@ class Connection:
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    async def open(cls, signed: SignedDescriptor, server_key: bytes) -> Connection:
-        """Connect to the first endpoint of a server that completes TLS, the pin and hello.
+    async def open(
+        cls,
+        signed: SignedDescriptor,
+        server_key: bytes,
+        options: TransportOptions | None = None,
+        preferred: str | None = None,
+    ) -> Connection:
+        """Connect by the first candidate path that completes TLS, the pin and hello.
 
         Raises:
-            ConnectError: no endpoint worked (the message says why, without secrets).
+            ConnectError: no path worked (the message says why each failed, no secrets).
         """
-        descriptor = _open(signed, server_key)
-        context = _ssl_context(descriptor)
-        reasons: list[str] = []
-        for endpoint in descriptor.endpoints:
-            if endpoint.transport != "wss":
-                continue
-            try:
-                return await asyncio.wait_for(
-                    cls._open_one(endpoint.url, context, descriptor, server_key),
-                    CONNECT_TIMEOUT,
-                )
-            except ConnectError as exc:
-                reasons.append(str(exc))
-            except (OSError, TimeoutError, WebSocketException, ssl.SSLError) as exc:
-                reasons.append(f"{type(exc).__name__}")
-        raise ConnectError("cannot reach the server: " + ("; ".join(reasons) or "no endpoint"))
-
-    @classmethod
-    async def _open_one(
-        cls, url: str, context: ssl.SSLContext, descriptor: Descriptor, server_key: bytes
-    ) -> Connection:
-        ws = await connect(
-            url,
-            ssl=context,
-            max_size=limits.MAX_FRAME,
-            max_queue=16,
-            compression=None,
-            open_timeout=CONNECT_TIMEOUT,
+        dialed = await dial(signed, server_key, options or TransportOptions(), preferred)
+        # Addresses only at DEBUG (STYLE §7); `samizdat probe`/`status` show them to the user.
+        for attempt in dialed.attempts:
+            if attempt.failure:
+                log.debug("candidate failed: %s: %s", attempt.candidate.label, attempt.failure)
+        log.debug("connected: %s", dialed.candidate.label)
+        return cls(
+            dialed.channel, dialed.welcome, dialed.descriptor, dialed.candidate, dialed.attempts
         )
-        try:
-            ssl_object = ws.transport.get_extra_info("ssl_object")
-            peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-            if peer is None or pin_of(peer) != descriptor.tls_pin:
-                raise ConnectError("TLS key does not match the pin (possible interception)")
-            await ws.send(
-                frames.encode(
-                    frames.Hello(versions=list(frames.PROTOCOL_VERSIONS), client=__version__)
-                )
-            )
-            data = await ws.recv(decode=False)
-            reply = frames.decode_server_frame(data)
-            if isinstance(reply, frames.Error):
-                raise ConnectError(f"server refused the hello: {reply.code}")
-            if not isinstance(reply, frames.Welcome):
-                raise ConnectError("server did not answer the hello with welcome")
-            try:
-                fresh = open_descriptor(reply.descriptor, now_ms(), expected_key=server_key)
-            except ProtocolError as exc:
-                raise ConnectError(f"server sent a bad descriptor: {exc.message}") from exc
-        except BaseException:
-            await ws.close()
-            raise
-        return cls(ws, reply, fresh)
 
     @property
     def closed(self) -> bool:
@@ -175,10 +118,8 @@ class Connection:
         future: asyncio.Future[frames.ServerFrame] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         try:
-            await self._ws.send(frames.encode(frame))
+            await self._channel.send(frames.encode(frame))
             reply = await asyncio.wait_for(future, REQUEST_TIMEOUT)
-        except (WebSocketException, OSError) as exc:
-            raise ConnectError("connection lost") from exc
         except TimeoutError as exc:
             raise ConnectError("the server did not answer in time") from exc
         finally:
@@ -206,11 +147,8 @@ class Connection:
     async def _read_loop(self) -> None:
         reason = "closed"
         try:
-            async for data in self._ws:
-                if isinstance(data, str):
-                    reason = "server sent text"
-                    break
-                frame = frames.decode_server_frame(data)
+            while True:
+                frame = frames.decode_server_frame(await self._channel.recv())
                 rid = getattr(frame, "rid", None)
                 if isinstance(frame, frames.Deliver):
                     self._deliveries.put_nowait(frame)
@@ -223,8 +161,8 @@ class Connection:
                     break
         except ProtocolError as exc:
             reason = f"bad frame from server: {exc.code.value}"
-        except (WebSocketException, OSError) as exc:
-            reason = type(exc).__name__
+        except ConnectError as exc:
+            reason = str(exc)
         finally:
             self._closed_reason = reason
             for future in self._pending.values():
@@ -233,7 +171,7 @@ class Connection:
             self._pending.clear()
             self._deliveries.put_nowait(None)
             with contextlib.suppress(Exception):
-                await self._ws.close()
+                await self._channel.close()
 
     def _update_descriptor(self, signed: SignedDescriptor) -> None:
         try:
@@ -244,20 +182,15 @@ class Connection:
         if fresh.seq > self.descriptor.seq:
             self.descriptor = fresh
             self.signed_descriptor = signed
+            if self.on_descriptor is not None:
+                self.on_descriptor(signed)
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._ws.close()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader
+        with contextlib.suppress(Exception):
+            await self._channel.close()
 
     def __repr__(self) -> str:
         return f"Connection(closed={self.closed})"
-
-
-def _open(signed: SignedDescriptor, server_key: bytes) -> Descriptor:
-    try:
-        return open_descriptor(signed, now_ms(), expected_key=server_key)
-    except ProtocolError as exc:
-        raise ConnectError(f"the server descriptor does not verify: {exc.message}") from exc

@@ -56,6 +56,8 @@ class Identity(msgspec.Struct):
     devices: SignedDeviceList
     server_key: bytes
     server: SignedDescriptor
+    #: A token of our own user, so our other devices can be written to (client/devices.py).
+    self_token: bytes | None = None
 
 
 class Contact(msgspec.Struct):
@@ -73,6 +75,10 @@ class Contact(msgspec.Struct):
     our_token: bytes | None = None
     #: They have written to us at least once, so they know who we are.
     answered: bool = False
+    #: Verified (safety number or SAS); a later key change then needs consent to send.
+    verified: bool = False
+    #: Their user key changed since it was verified: sending waits for ``trust``.
+    key_changed: bool = False
 
 
 class Sessions(msgspec.Struct):

@@ -55,6 +55,8 @@ class Sealed(msgspec.Struct, frozen=True):
 
 class PayloadKind(StrEnum):
     TEXT = "text"
+    #: ``control`` holds a protocol.control message (devices, groups, verification; §10).
+    CONTROL = "control"
 
 
 class Payload(msgspec.Struct, frozen=True):
@@ -67,6 +69,8 @@ class Payload(msgspec.Struct, frozen=True):
     text: Annotated[str, Meta(max_length=MAX_MESSAGE_TEXT)] = ""
     #: The sender's card, carried until the recipient has answered once.
     card: ContactCard | None = None
+    #: msgpack of a ``protocol.control.Control`` when ``kind`` is ``control``.
+    control: Annotated[bytes, Meta(max_length=limits.MAX_ENVELOPE_BODY)] | None = None
 
 
 _box_decoder = msgspec.msgpack.Decoder(SealedBox)

@@ -59,6 +59,8 @@ __all__ = [
     "Envelope",
     "Deposit",
     "DepositOk",
+    "FanoutTarget",
+    "Fanout",
     "Subscribe",
     "Entry",
     "Deliver",
@@ -162,6 +164,26 @@ class Deposit(msgspec.Struct, frozen=True, tag_field="t", tag="deposit"):
     envelopes: Annotated[list[Envelope], Meta(min_length=1)]
 
 
+class FanoutTarget(msgspec.Struct, frozen=True):
+    """Devices of the one user that issued ``token``."""
+
+    token: Token
+    devices: Annotated[list[DeviceId], Meta(min_length=1, max_length=limits.MAX_DEVICES)]
+
+
+class Fanout(msgspec.Struct, frozen=True, tag_field="t", tag="fanout"):
+    """One body stored in the mailbox of every listed device (server-side fan-out, §5.3.10).
+
+    Used for Megolm group messages: the sender uploads the ciphertext once. More than
+    ``limits.MAX_FANOUT_DEVICES`` devices in all answers ``too_many_envelopes``.
+    """
+
+    rid: RequestId
+    msg_id: MsgId
+    body: bytes
+    targets: Annotated[list[FanoutTarget], Meta(min_length=1, max_length=limits.MAX_FANOUT_DEVICES)]
+
+
 class Subscribe(msgspec.Struct, frozen=True, tag_field="t", tag="subscribe"):
     """Start delivery of this device's mailbox entries with ``seq > after``."""
 
@@ -185,6 +207,7 @@ ClientFrame = (
     | AddToken
     | RevokeToken
     | Deposit
+    | Fanout
     | Subscribe
     | Ack
 )

@@ -14,6 +14,8 @@ MAX_FRAME: Final = 256 * 1024
 MAX_ENVELOPE_BODY: Final = 96 * 1024
 #: Most envelopes one ``Deposit`` frame may carry.
 MAX_ENVELOPES_PER_DEPOSIT: Final = 64
+#: Most recipient devices one ``Fanout`` frame may name (server-side fan-out, §5.3.10).
+MAX_FANOUT_DEVICES: Final = 1024
 #: Most entries a mailbox holds before deposits answer ``quota``.
 MAX_MAILBOX_ENTRIES: Final = 10_000
 #: Most one-time keys one ``UploadKeys`` may carry, and most stored per device.

@@ -16,6 +16,7 @@ from msgspec import Meta
 from samizdat.errors import ErrorCode, ProtocolError
 from samizdat.protocol.descriptor import SignedDescriptor
 from samizdat.protocol.keys import SignedDeviceList
+from samizdat.protocol.relay import RelayLink
 from samizdat.protocol.types import Text, Token
 
 __all__ = [
@@ -27,6 +28,9 @@ __all__ = [
     "decode_server_link",
     "encode_invite",
     "decode_invite",
+    "RelayLink",
+    "encode_relay_link",
+    "decode_relay_link",
 ]
 
 MAX_LINK = 16384
@@ -54,6 +58,7 @@ class Invite(msgspec.Struct, frozen=True):
 
 _server_decoder = msgspec.msgpack.Decoder(ServerLink)
 _invite_decoder = msgspec.msgpack.Decoder(Invite)
+_relay_decoder = msgspec.msgpack.Decoder(RelayLink)
 
 
 def _encode(kind: str, payload: bytes) -> str:
@@ -102,3 +107,20 @@ def decode_invite(text: str) -> Invite:
         return _invite_decoder.decode(_payload(text, "invite"))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, "malformed invite") from exc
+
+
+def encode_relay_link(link: RelayLink) -> str:
+    """``samizdat:relay/...``: a relay's addresses, TLS anchor and one link's secret (§11.3)."""
+    return _encode("relay", msgspec.msgpack.encode(link))
+
+
+def decode_relay_link(text: str) -> RelayLink:
+    """Parse a relay link.
+
+    Raises:
+        ProtocolError: not a well-formed relay link.
+    """
+    try:
+        return _relay_decoder.decode(_payload(text, "relay"))
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "malformed relay link") from exc

@@ -22,20 +22,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import msgspec
 import uvicorn
 
 from samizdat.errors import LocalError
 from samizdat.protocol import frames as f
 from samizdat.protocol import limits
-from samizdat.protocol.descriptor import SignedDescriptor
+from samizdat.protocol.descriptor import Descriptor, SignedDescriptor
+from samizdat.protocol.links import decode_relay_link
+from samizdat.protocol.relay import RelayLink
+from samizdat.server.bus.base import Bus
 from samizdat.server.bus.local import LocalBus
-from samizdat.server.identity import ServerIdentity, endpoint_url, load_or_create_identity
+from samizdat.server.bus.redis import RedisBus
+from samizdat.server.identity import (
+    ServerIdentity,
+    endpoint_url,
+    load_or_create_identity,
+    reload_server_key,
+    rotate_server_key,
+)
+from samizdat.server.poll import PollSessions
 from samizdat.server.ratelimit import KeyedBuckets, RateLimits
 from samizdat.server.session import ConsumerRegistry, SessionDeps
+from samizdat.server.store.base import Store
+from samizdat.server.store.postgres import PostgresStore
 from samizdat.server.store.sqlite import SqliteStore
+from samizdat.server.tuning import tune_io
 from samizdat.server.web import ConnectionStats, build_app
 
-__all__ = ["ServerConfig", "RunningServer", "parse_listen", "start", "serve", "run"]
+__all__ = [
+    "ROTATE_FLAG",
+    "ServerConfig",
+    "RunningServer",
+    "parse_listen",
+    "start",
+    "serve",
+    "run",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +67,8 @@ _log = logging.getLogger(__name__)
 WS_MAX_SIZE: Final = limits.MAX_FRAME + 64 * 1024
 _STATS_INTERVAL: Final = 60.0
 _UNSPECIFIED_HOSTS: Final = ("0.0.0.0", "::", "")
+#: File in the data directory that makes the next SIGHUP rotate the server key.
+ROTATE_FLAG: Final = "rotate-key"
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     max_mailbox_entries: int = limits.MAX_MAILBOX_ENTRIES
+    #: Entries nobody fetched within this many days are deleted (DESIGN §5).
+    mailbox_ttl_days: float = 30.0
     log_level: str = "info"
     #: Host name or address put in the descriptor's endpoint, when clients reach the
     #: server under another name than ``host`` (e.g. listening on 0.0.0.0).
@@ -59,6 +86,18 @@ class ServerConfig:
     rate_limits: RateLimits = field(default_factory=RateLimits)
     #: Print the server link on stdout once serving (``samizdat server`` does).
     print_link: bool = True
+    #: ``postgresql://...`` to share state with other nodes; None: SQLite in data_dir.
+    store_url: str | None = field(default=None, repr=False)
+    #: ``redis://...`` to wake consumers on other nodes; None: in-process only.
+    bus_url: str | None = field(default=None, repr=False)
+    #: More endpoint URLs for the descriptor (the other nodes of a cluster), after ours.
+    extra_endpoints: tuple[str, ...] = ()
+    #: Where the server key and TLS files live, if not in data_dir: every node of a
+    #: cluster must present the same identity (docs/scaling.md).
+    identity_dir: Path | None = None
+    #: ``samizdat:relay/...`` links listed in the descriptor (``--relay``), then lines of
+    #: ``data_dir/relays`` (re-read on SIGHUP); every client learns them (protocol §11.4).
+    relays: tuple[str, ...] = field(default=(), repr=False)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -96,16 +135,71 @@ class RunningServer:
     link: str = field(repr=False)
     descriptor: SignedDescriptor = field(repr=False)
     identity: ServerIdentity = field(repr=False)
-    store: SqliteStore = field(repr=False)
+    store: Store = field(repr=False)
     _uvicorn: _Uvicorn = field(repr=False)
     _task: asyncio.Task[None] = field(repr=False)
     _stats_task: asyncio.Task[None] = field(repr=False)
-    _bus: LocalBus = field(repr=False)
+    _expire_task: asyncio.Task[None] = field(repr=False)
+    _bus: Bus = field(repr=False)
+    _deps: SessionDeps = field(repr=False)
+    _stats: ConnectionStats = field(repr=False)
+    _polls: PollSessions = field(repr=False)
     _stopped: bool = False
+
+    def endpoints(self) -> list[str]:
+        """The endpoint URLs the next descriptor lists (config, then ``endpoints`` file)."""
+        return _endpoints(self.config, self.port)
+
+    def reissue(self) -> SignedDescriptor:
+        """Sign a new descriptor (higher seq) and push it to every connected client.
+
+        What SIGHUP does, after an operator edited ``data_dir/endpoints``.
+        """
+        now_ms = int(time.time() * 1000)
+        seq = max(now_ms, _seq_of(self.descriptor) + 1)
+        self.descriptor = self.identity.descriptor(
+            self.endpoints(), now_ms, seq=seq, relays=_relays(self.config)
+        )
+        self.link = self.identity.link(self.descriptor)
+        self._deps.descriptor = self.descriptor
+        _write_link(self.config.data_dir / "server-link", self.link)
+        for session in list(self._stats.sessions):
+            session.push_descriptor(self.descriptor)
+        _log.info("descriptor re-issued; pushed to %d connections", len(self._stats.sessions))
+        return self.descriptor
+
+    def rotate_key(self) -> SignedDescriptor:
+        """Hand the server over to a new Ed25519 key, signed by the old one, and push the
+        new descriptor (carrying the rotation) to every connection (protocol §4).
+
+        Logins are checked against the new key from now on.
+        """
+        now_ms = int(time.time() * 1000)
+        self.identity = rotate_server_key(
+            self.identity, self.config.identity_dir or self.config.data_dir, now_ms
+        )
+        self._deps.server_key = self.identity.server_key
+        _log.info("server key rotated")
+        return self.reissue()
+
+    def on_sighup(self) -> None:
+        """SIGHUP: re-issue the descriptor; rotate the key first if the operator created
+        ``data_dir/rotate-key`` (removed once done), or take up a key another node sharing
+        the identity directory rotated to."""
+        flag = self.config.data_dir / ROTATE_FLAG
+        if flag.exists():
+            flag.unlink()
+            self.rotate_key()
+            return
+        identity_dir = self.config.identity_dir or self.config.data_dir
+        self.identity = reload_server_key(self.identity, identity_dir)
+        self._deps.server_key = self.identity.server_key
+        self.reissue()
 
     def request_stop(self) -> None:
         """Ask for a graceful shutdown (what SIGTERM and SIGINT do)."""
         self._uvicorn.should_exit = True
+        self._polls.wake_all()  # long-poll requests would hold the shutdown up
 
     async def wait(self) -> None:
         """Until the server has stopped, then release the store."""
@@ -125,7 +219,9 @@ class RunningServer:
             return
         self._stopped = True
         self._stats_task.cancel()
-        await asyncio.wait({self._stats_task})
+        self._expire_task.cancel()
+        await asyncio.wait({self._stats_task, self._expire_task})
+        await self._polls.close_all()
         await self._bus.close()
         await self.store.close()
         _log.info("server stopped")
@@ -161,6 +257,63 @@ async def _log_stats(stats: ConnectionStats) -> None:
             _log.info("connections: %d open, %d since start", stats.open, stats.total)
 
 
+async def _expire_entries(store: Store, ttl_days: float) -> None:
+    """Apply the mailbox time to live: every tenth of it, at most every 10 minutes."""
+    ttl_ms = int(ttl_days * 86_400_000)
+    interval = max(0.1, min(600.0, ttl_ms / 10_000))
+    while True:
+        removed = await store.expire(int(time.time() * 1000) - ttl_ms)
+        if removed:
+            _log.info("expired %d mailbox entries past their time to live", removed)
+        await asyncio.sleep(interval)
+
+
+def make_store(config: ServerConfig) -> Store:
+    """The store ``config`` names: PostgreSQL for a ``postgresql://`` URL, else SQLite."""
+    url = config.store_url
+    if url is None:
+        return SqliteStore(
+            config.data_dir / "server.db", max_mailbox_entries=config.max_mailbox_entries
+        )
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url, max_mailbox_entries=config.max_mailbox_entries)
+    raise LocalError("--store must be a postgresql:// URL (SQLite is the default)")
+
+
+def _endpoints(config: ServerConfig, port: int) -> list[str]:
+    """Our own endpoint, ``--endpoint`` URLs, then lines of ``data_dir/endpoints``.
+
+    The file is re-read on SIGHUP (:meth:`RunningServer.reissue`, docs/censorship.md).
+    """
+    public_host = config.public_host
+    if public_host is None:
+        public_host = "127.0.0.1" if config.host in _UNSPECIFIED_HOSTS else config.host
+    urls = [endpoint_url(public_host, port), *config.extra_endpoints]
+    path = config.data_dir / "endpoints"
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        urls += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return list(dict.fromkeys(urls))[: limits.MAX_ENDPOINTS]
+
+
+def _relays(config: ServerConfig) -> list[RelayLink]:
+    """``--relay`` links, then lines of ``data_dir/relays``; at most 4 (protocol §11.4).
+
+    Raises:
+        ProtocolError: a malformed relay link.
+    """
+    texts = list(config.relays)
+    path = config.data_dir / "relays"
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        texts += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return [decode_relay_link(t) for t in dict.fromkeys(texts)][:4]
+
+
+def _seq_of(signed: SignedDescriptor) -> int:
+    return int(msgspec.msgpack.decode(signed.body, type=Descriptor).seq)
+
+
 async def start(config: ServerConfig) -> RunningServer:
     """Bind, load or create the identity, open the store and start serving.
 
@@ -169,25 +322,37 @@ async def start(config: ServerConfig) -> RunningServer:
     """
     data_dir = config.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tune_io()  # memory per connection (server/tuning.py)
     public_host = config.public_host
     if public_host is None:
         public_host = "127.0.0.1" if config.host in _UNSPECIFIED_HOSTS else config.host
     identity = await asyncio.to_thread(
-        load_or_create_identity, data_dir, [config.host, public_host]
+        load_or_create_identity, config.identity_dir or data_dir, [config.host, public_host]
     )
     sock = _bind(config.host, config.port)
     port = sock.getsockname()[1]
     now_ms = int(time.time() * 1000)
-    descriptor = identity.descriptor([endpoint_url(public_host, port)], now_ms)
+    descriptor = identity.descriptor(_endpoints(config, port), now_ms, relays=_relays(config))
     link = identity.link(descriptor)
 
-    store = SqliteStore(data_dir / "server.db", max_mailbox_entries=config.max_mailbox_entries)
+    store = make_store(config)
     try:
         await store.open()
     except BaseException:
         sock.close()
         raise
-    bus = LocalBus()
+    bus: Bus
+    if config.bus_url is None:
+        bus = LocalBus()
+    else:
+        redis_bus = RedisBus(config.bus_url)
+        try:
+            await redis_bus.open()
+        except BaseException:
+            sock.close()
+            await store.close()
+            raise
+        bus = redis_bus
     rate_limits = config.rate_limits
     deps = SessionDeps(
         store=store,
@@ -205,8 +370,9 @@ async def start(config: ServerConfig) -> RunningServer:
         random_bytes=secrets.token_bytes,
     )
     stats = ConnectionStats()
+    polls = PollSessions(deps, stats.opened, stats.closed)
     uv_config = uvicorn.Config(
-        build_app(deps, stats),
+        build_app(deps, stats, polls),
         ssl_certfile=str(identity.cert_path),
         ssl_keyfile=str(identity.key_path),
         ws="websockets-sansio",
@@ -226,6 +392,7 @@ async def start(config: ServerConfig) -> RunningServer:
         await asyncio.sleep(0.01)
     if task.done():
         sock.close()
+        await bus.close()
         await store.close()
         task.result()
         raise LocalError("server stopped while starting")
@@ -242,7 +409,13 @@ async def start(config: ServerConfig) -> RunningServer:
         _uvicorn=server,
         _task=task,
         _stats_task=asyncio.create_task(_log_stats(stats), name="samizdat-stats"),
+        _expire_task=asyncio.create_task(
+            _expire_entries(store, config.mailbox_ttl_days), name="samizdat-expire"
+        ),
         _bus=bus,
+        _deps=deps,
+        _stats=stats,
+        _polls=polls,
     )
 
 
@@ -255,6 +428,9 @@ async def serve(config: ServerConfig) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, running.request_stop)
             installed.append(sig)
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, running.on_sighup)
+        installed.append(signal.SIGHUP)
     try:
         if config.print_link:
             sys.stdout.write(running.link + "\n")

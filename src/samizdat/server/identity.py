@@ -10,10 +10,15 @@ On first start in a data directory this creates:
 
 Later starts reuse them. The leaf is re-issued (and the pin changes) only when it is
 close to expiry; the descriptor is re-signed on every start, with a higher ``seq``.
+
+``rotate_server_key`` replaces ``server.key`` with a new key, keeping the old one as
+``server.key.old-<ms>`` and appending the handover, signed by both keys, to
+``server.rotations``; descriptors carry the last few hops (protocol §4).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import ipaddress
@@ -22,19 +27,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from samizdat.crypto.signing import SigningKey
-from samizdat.protocol.descriptor import Descriptor, Endpoint, SignedDescriptor, sign_descriptor
+from samizdat.protocol.descriptor import (
+    MAX_ROTATIONS,
+    Descriptor,
+    Endpoint,
+    SignedDescriptor,
+    SignedRotation,
+    open_rotation,
+    sign_descriptor,
+    sign_rotation,
+)
 from samizdat.protocol.links import ServerLink, encode_server_link
+from samizdat.protocol.relay import RelayLink
 
 __all__ = [
     "DESCRIPTOR_LIFETIME_MS",
     "ServerIdentity",
     "load_or_create_identity",
+    "rotate_server_key",
+    "reload_server_key",
     "endpoint_url",
     "spki_pin",
     "write_private",
@@ -55,22 +73,33 @@ class ServerIdentity:
     cert_path: Path
     key_path: Path
     tls_pin: bytes = field(repr=False)
+    #: The last key rotations, oldest first, ending at this key (``server.rotations``).
+    rotations: tuple[SignedRotation, ...] = ()
 
     @property
     def server_key(self) -> bytes:
         return self.signing_key.public_bytes
 
-    def descriptor(self, endpoints: list[str], now_ms: int) -> SignedDescriptor:
-        """A freshly signed descriptor for ``endpoints`` (URLs); ``now_ms`` is its seq."""
+    def descriptor(
+        self,
+        endpoints: list[str],
+        now_ms: int,
+        seq: int | None = None,
+        relays: list[RelayLink] | None = None,
+    ) -> SignedDescriptor:
+        """A freshly signed descriptor for ``endpoints`` (URLs); ``seq`` defaults to now.
+        ``relays``: relays the operator lists for every client (protocol §11.4)."""
         descriptor = Descriptor(
             server_key=self.server_key,
             # Time as seq: increases across restarts without keeping a counter.
-            seq=now_ms,
+            seq=now_ms if seq is None else seq,
             endpoints=[Endpoint(url=url) for url in endpoints],
             tls_ca=self.ca_der,
             tls_pin=self.tls_pin,
             issued_at=now_ms,
             expires_at=now_ms + DESCRIPTOR_LIFETIME_MS,
+            relays=list(relays or []),
+            rotations=list(self.rotations),
         )
         return sign_descriptor(descriptor, self.signing_key)
 
@@ -193,6 +222,47 @@ def _make_leaf(
     return key, cert
 
 
+_rotations_decoder = msgspec.msgpack.Decoder(list[SignedRotation])
+
+
+def _load_rotations(data_dir: Path, current: bytes) -> list[SignedRotation]:
+    path = data_dir / "server.rotations"
+    if not path.exists():
+        return []
+    chain = _rotations_decoder.decode(path.read_bytes())
+    # A hop to a key that never got saved (a crash mid-rotation) would break the chain.
+    while chain and open_rotation(chain[-1]).new_key != current:
+        chain.pop()
+    return chain[-MAX_ROTATIONS:]
+
+
+def rotate_server_key(identity: ServerIdentity, data_dir: Path, now_ms: int) -> ServerIdentity:
+    """Replace ``server.key`` in ``data_dir`` with a new key handed over by the current one.
+
+    Returns the identity with the new key and the rotation chain ending at it. The old
+    seed stays in ``server.key.old-<now_ms>`` (mode 0600). The rotations file is written
+    before the key: after a crash in between, the old key is still in place and loading
+    drops the hop to the lost key.
+    """
+    old, new = identity.signing_key, SigningKey.generate()
+    chain = [*_load_rotations(data_dir, old.public_bytes), sign_rotation(old, new, now_ms)]
+    chain = chain[-MAX_ROTATIONS:]
+    write_private(data_dir / f"server.key.old-{now_ms}", old.secret_bytes())
+    _write_public(data_dir / "server.rotations", msgspec.msgpack.encode(chain))
+    write_private(data_dir / "server.key", new.secret_bytes())
+    return dataclasses.replace(identity, signing_key=new, rotations=tuple(chain))
+
+
+def reload_server_key(identity: ServerIdentity, data_dir: Path) -> ServerIdentity:
+    """``identity`` with the key now in ``data_dir/server.key`` and its rotations: how the
+    other nodes sharing an identity directory follow a rotation made by one of them."""
+    key = SigningKey.from_secret_bytes((data_dir / "server.key").read_bytes())
+    if key.public_bytes == identity.server_key:
+        return identity
+    chain = tuple(_load_rotations(data_dir, key.public_bytes))
+    return dataclasses.replace(identity, signing_key=key, rotations=chain)
+
+
 def load_or_create_identity(data_dir: Path, hosts: list[str]) -> ServerIdentity:
     """Load the server's keys from ``data_dir``, creating whatever is missing.
 
@@ -255,4 +325,5 @@ def load_or_create_identity(data_dir: Path, hosts: list[str]) -> ServerIdentity:
         cert_path=cert_file,
         key_path=leaf_key_file,
         tls_pin=spki_pin(leaf),
+        rotations=tuple(_load_rotations(data_dir, signing_key.public_bytes)),
     )

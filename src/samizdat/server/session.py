@@ -159,6 +159,24 @@ class Session:
         """The next frame to send; ``None`` means close the connection now."""
         return await self._outbox.get()
 
+    def drain_frames(self, limit: int) -> tuple[list[f.ServerFrame], bool]:
+        """Up to ``limit`` frames ready now, and whether the close marker came (long-poll)."""
+        out: list[f.ServerFrame] = []
+        while len(out) < limit and not self._outbox.empty():
+            frame = self._outbox.get_nowait()
+            if frame is None:
+                return out, True
+            out.append(frame)
+        return out, False
+
+    def push_descriptor(self, descriptor: SignedDescriptor) -> None:
+        """Tell the client about a re-issued descriptor (protocol §5.3.9), if there is room.
+
+        A full outbox skips it: the client gets the descriptor in its next ``Welcome``.
+        """
+        if self._state is _State.OPEN and not self._outbox.full():
+            self._outbox.put_nowait(f.DescriptorUpdate(descriptor=descriptor))
+
     async def receive_bytes(self, data: bytes) -> None:
         """Handle one binary message from the client; answers go to the outbox."""
         if self._state is _State.CLOSING:
@@ -227,6 +245,8 @@ class Session:
                 return f.Ok(rid=frame.rid)
             case f.Deposit():
                 return await self._deposit(frame)
+            case f.Fanout():
+                return await self._fanout(frame)
             case f.Subscribe():
                 await self._subscribe(frame)
                 return None
@@ -374,6 +394,25 @@ class Session:
             await self._deps.bus.publish(device_id, seq)
         return f.DepositOk(rid=frame.rid, stored=result.stored, duplicates=result.duplicates)
 
+    async def _fanout(self, frame: f.Fanout) -> f.DepositOk:
+        """Expand one body into an entry per listed device (protocol §5.3.10)."""
+        if sum(len(t.devices) for t in frame.targets) > limits.MAX_FANOUT_DEVICES:
+            raise ProtocolError(ErrorCode.TOO_MANY_ENVELOPES, "too many fan-out devices")
+        if len(frame.body) > self._deps.limits.max_envelope_body:
+            raise ProtocolError(ErrorCode.ENVELOPE_TOO_LARGE, "envelope body too large")
+        items: dict[bytes, DepositItem] = {}
+        for target in frame.targets:
+            user_key = await self._user_for(target.token)
+            devices = await self._deps.store.user_devices(user_key)
+            if any(d not in devices for d in target.devices):
+                raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "not a device of this user")
+            for device_id in target.devices:
+                items[device_id] = DepositItem(device_id, frame.msg_id, frame.body)
+        result = await self._deps.store.deposit(list(items.values()), self._deps.now_ms())
+        for device_id, seq in result.news.items():
+            await self._deps.bus.publish(device_id, seq)
+        return f.DepositOk(rid=frame.rid, stored=result.stored, duplicates=result.duplicates)
+
     async def _subscribe(self, frame: f.Subscribe) -> None:
         device_id = self._device_id
         assert device_id is not None
@@ -381,8 +420,14 @@ class Session:
         previous = self._deps.consumers.claim(device_id, self)
         if previous is not None:
             await previous.replace()
-        # Subscribe to the bus before the first fetch, so no deposit falls in between.
+        # Subscribe to the bus before the first fetch, so no deposit falls in between;
+        # the claim also replaces a consumer of this mailbox on another node.
         subscription = self._deps.bus.subscribe(device_id)
+        try:
+            await subscription.claim()
+        except BaseException:
+            subscription.close()
+            raise
         await self._send(f.Ok(rid=frame.rid))
         self._pump = asyncio.create_task(
             self._deliver(device_id, frame.after, subscription), name="samizdat-deliver"
@@ -393,6 +438,18 @@ class Session:
         self._state = _State.CLOSING
         await self._stop_pump(release=False)
         # Pending answers are moot on a connection about to close; make room for the news.
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._outbox.put_nowait(
+            f.Error(rid=None, code=ErrorCode.REPLACED, message="another connection took over")
+        )
+        self._outbox.put_nowait(None)
+
+    def _replaced_elsewhere(self) -> None:
+        """A connection on another node took this mailbox (seen by the delivery task)."""
+        self._state = _State.CLOSING
+        if self._device_id is not None:
+            self._deps.consumers.release(self._device_id, self)
         while not self._outbox.empty():
             self._outbox.get_nowait()
         self._outbox.put_nowait(
@@ -411,6 +468,9 @@ class Session:
                 )
                 if not entries:
                     await subscription.wait()
+                    if subscription.replaced:
+                        self._replaced_elsewhere()
+                        return
                     continue
                 for batch in self._batches(entries):
                     await self._outbox.put(f.Deliver(entries=batch))

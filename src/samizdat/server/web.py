@@ -1,7 +1,8 @@
 """The HTTP and WebSocket endpoints: a thin driver around :class:`Session`.
 
 ``GET /`` answers a small plain page (so a prober sees an ordinary HTTPS site),
-``GET /v1/health`` answers ``{"status": "ok"}``, and ``/v1/ws`` carries frames.
+``GET /v1/health`` answers ``{"status": "ok"}``, ``/v1/ws`` carries frames, and
+``/v1/poll/*`` carries the same frames by HTTPS long-polling (server/poll.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from samizdat.protocol import frames as f
+from samizdat.server.poll import PollSessions, poll_routes
 from samizdat.server.session import Session, SessionDeps
 
 __all__ = ["ConnectionStats", "build_app"]
@@ -26,11 +28,21 @@ INDEX_TEXT = "samizdat server\n"
 
 
 class ConnectionStats:
-    """Open WebSocket connections, for the periodic INFO line."""
+    """Open connections, for the periodic INFO line; ``sessions`` for descriptor pushes."""
 
     def __init__(self) -> None:
         self.open = 0
         self.total = 0
+        self.sessions: set[Session] = set()
+
+    def opened(self, session: Session) -> None:
+        self.open += 1
+        self.total += 1
+        self.sessions.add(session)
+
+    def closed(self, session: Session) -> None:
+        self.open -= 1
+        self.sessions.discard(session)
 
     def __repr__(self) -> str:
         return f"ConnectionStats(open={self.open}, total={self.total})"
@@ -58,9 +70,8 @@ async def _serve_connection(
     websocket: WebSocket, deps: SessionDeps, stats: ConnectionStats
 ) -> None:
     await websocket.accept()
-    stats.open += 1
-    stats.total += 1
     session = Session(deps)
+    stats.opened(session)
     reader = asyncio.create_task(_read_loop(websocket, session))
     writer = asyncio.create_task(_write_loop(websocket, session))
     try:
@@ -77,7 +88,7 @@ async def _serve_connection(
                 if not isinstance(exc, (WebSocketDisconnect, OSError, RuntimeError)):
                     _log.error("connection failed: %s", type(exc).__name__)
         await session.close()
-        stats.open -= 1
+        stats.closed(session)
         if websocket.application_state is not WebSocketState.DISCONNECTED:
             try:
                 await websocket.close(code=1000)
@@ -85,8 +96,10 @@ async def _serve_connection(
                 pass
 
 
-def build_app(deps: SessionDeps, stats: ConnectionStats) -> Starlette:
-    """The ASGI application of one server node."""
+def build_app(
+    deps: SessionDeps, stats: ConnectionStats, polls: PollSessions | None = None
+) -> Starlette:
+    """The ASGI application of one server node (with long-polling when ``polls`` is given)."""
 
     async def index(request: Request) -> PlainTextResponse:
         return PlainTextResponse(INDEX_TEXT)
@@ -102,5 +115,6 @@ def build_app(deps: SessionDeps, stats: ConnectionStats) -> Starlette:
             Route("/", index),
             Route("/v1/health", health),
             WebSocketRoute("/v1/ws", websocket_endpoint),
+            *(poll_routes(polls) if polls is not None else []),
         ]
     )

@@ -38,6 +38,13 @@ class LocalSubscription:
             seq = max(seq, self.queue.get_nowait())
         return seq
 
+    async def claim(self) -> None:
+        """Nothing to do: one node, and its ConsumerRegistry keeps one consumer."""
+
+    @property
+    def replaced(self) -> bool:
+        return False
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -1,7 +1,7 @@
 """The one interface to durable server state (DESIGN §5, §7).
 
-Every store (SQLite by default, PostgreSQL later) implements :class:`Store`; SQL lives
-only in store classes. Refusals that a client must see (``quota``, ``too_many_keys``,
+Every store (SQLite by default, PostgreSQL for many nodes) implements :class:`Store`;
+SQL lives only in store classes. Refusals that a client must see (``quota``, ``too_many_keys``,
 ``conflict``) are raised as :class:`~samizdat.errors.ProtocolError` with that code.
 
 Semantics every implementation must keep (the conformance suite in
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from samizdat.protocol.keys import DeviceKeys, SignedDeviceList, SignedKey
 
@@ -47,6 +47,26 @@ class RegisteredDevice:
     keys: DeviceKeys = field(repr=False)
     device_list: SignedDeviceList = field(repr=False)
     device_list_version: int
+
+    #: The columns ``from_row`` reads, in order; every backend selects exactly these.
+    COLUMNS: ClassVar[str] = (
+        "d.user_key, d.signing_key, d.identity_key, d.sealing_key,"
+        " u.list_body, u.list_signature, u.list_version"
+    )
+
+    @classmethod
+    def from_row(cls, device_id: bytes, row: Sequence[Any]) -> RegisteredDevice:
+        return cls(
+            user_key=bytes(row[0]),
+            keys=DeviceKeys(
+                device_id=device_id,
+                signing_key=bytes(row[1]),
+                identity_key=bytes(row[2]),
+                sealing_key=bytes(row[3]),
+            ),
+            device_list=SignedDeviceList(body=bytes(row[4]), signature=bytes(row[5])),
+            device_list_version=int(row[6]),
+        )
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,11 @@ class Store(Protocol):
 
     async def ack(self, device_id: bytes, up_to: int, now_ms: int) -> int:
         """Delete entries with ``seq <= up_to``; returns how many were deleted."""
+
+    async def expire(self, before_ms: int) -> int:
+        """Delete entries received before ``before_ms`` (the mailbox time to live, DESIGN §5);
+        returns how many were deleted. Their msg_ids stay remembered, so a late retry of an
+        expired envelope is still a duplicate rather than a new copy."""
 
     async def mailbox_size(self, device_id: bytes) -> int: ...
 

@@ -2,9 +2,9 @@
 
 Each migration is applied once, in order, inside one transaction, and recorded in
 ``schema_version``. A released migration is never edited; a change is a new number.
-The schema keeps every mailbox table keyed by device id first, so a PostgreSQL store
-can follow with the same numbering (BLOB -> BYTEA, INTEGER PRIMARY KEY -> BIGSERIAL)
-and can partition by device.
+The schema keeps every mailbox table keyed by device id first, so the PostgreSQL chain
+(``pg_migrations.py``) follows with the same numbers (BLOB -> BYTEA, INTEGER PRIMARY
+KEY -> an identity column) and can be partitioned by device (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -86,6 +86,14 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (device_id, msg_id)
             ) WITHOUT ROWID""",
             "CREATE INDEX msg_ids_by_age ON msg_ids (device_id, at)",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            # claim_key takes a device's oldest key: without this index it sorts all of
+            # that device's keys (up to MAX_STORED_ONE_TIME_KEYS) on every claim.
+            "CREATE INDEX one_time_keys_by_device ON one_time_keys (device_id, id)",
         ),
     ),
 )

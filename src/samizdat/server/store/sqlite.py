@@ -1,12 +1,17 @@
 """The default store: one SQLite database in WAL mode with group commit (DESIGN §5, §7).
 
-Every operation runs on one dedicated thread that owns the only connection. The thread
-takes all operations queued while it was busy, runs them in one transaction (each in its
-own SAVEPOINT, so one refused deposit does not undo the others) and commits once with
-``synchronous=FULL``; only then are the callers' futures resolved. Durability thus costs
-one fsync per batch, not per envelope, and an acknowledged deposit survives SIGKILL and
-power loss. SQLite allows one writer anyway, so a single thread loses no parallelism
-worth having at this scale.
+Every write runs on one dedicated thread that owns the only writing connection. The
+thread takes all operations queued while it was busy, runs them in one transaction (each
+in its own SAVEPOINT, so one refused deposit does not undo the others) and commits once
+with ``synchronous=FULL``; only then are the callers' futures resolved (one wake-up of the
+event loop per batch). Durability thus costs one fsync per batch, not per envelope, and an
+acknowledged deposit survives SIGKILL and power loss. SQLite allows one writer anyway, so
+a single thread loses no parallelism worth having at this scale.
+
+Reads run on a second, read-only connection on a reader thread, so they never wait behind
+a batch and its fsync; in WAL mode each sees every commit made before it began. The two
+lookups every deposit makes are memoised in memory (``cache.py``): this process is the
+only writer of the file, so it knows when an answer changes.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from samizdat.server.store.base import (
     MailboxEntry,
     RegisteredDevice,
 )
-from samizdat.server.store.migrations import MIGRATIONS, SCHEMA_VERSION_TABLE
+from samizdat.server.store.cache import ReadCache
+from samizdat.server.store.migrations import MIGRATIONS, SCHEMA_VERSION_TABLE, Migration
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "migrate"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -50,13 +56,46 @@ class _Job:
     loop: asyncio.AbstractEventLoop
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+_Outcome = tuple[_Job, Any, BaseException | None]
+
+
+def _resolve_all(outcomes: list[_Outcome]) -> None:
+    for job, result, error in outcomes:
+        if job.future.cancelled():
+            continue
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """Hand results back: one wake-up of each caller's loop per batch, not per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve_all, items)
+        except RuntimeError:  # the caller's loop is gone; nobody is waiting
+            pass
+
+
+def _take_batch(jobs: queue.SimpleQueue[_Job | None]) -> tuple[list[_Job], bool]:
+    """Block for one job, then take whatever else is queued; True once told to stop."""
+    first = jobs.get()
+    if first is None:
+        return [], True
+    batch = [first]
+    while len(batch) < _MAX_BATCH:
+        try:
+            job = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if job is None:
+            return batch, True
+        batch.append(job)
+    return batch, False
 
 
 class SqliteStore:
@@ -76,6 +115,14 @@ class SqliteStore:
         self._max_tokens = max_tokens_per_user
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # Reads go to a second connection on their own thread: in WAL mode they see the
+        # last commit without waiting behind the writer's batches and fsyncs.
+        self._reads: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._reader: threading.Thread | None = None
+        self._reader_opened = threading.Event()
+        # Event-loop side memos of the two lookups every deposit makes (cache.py).
+        self._token_users: ReadCache[bytes, bytes] = ReadCache()
+        self._user_devices: ReadCache[bytes, frozenset[bytes]] = ReadCache()
         self._opened = threading.Event()
         self._open_error: BaseException | None = None
         #: Number of transactions committed; lets tests see that batching happens.
@@ -95,8 +142,21 @@ class SqliteStore:
         if self._open_error is not None:
             self._thread = None
             raise self._open_error
+        # After the writer migrated the schema.
+        self._reader = threading.Thread(
+            target=self._run_reader, name="samizdat-sqlite-read", daemon=True
+        )
+        self._reader.start()
+        await asyncio.to_thread(self._reader_opened.wait)
+        if self._open_error is not None:
+            await self.close()
+            raise self._open_error
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reads.put(None)
+            await asyncio.to_thread(self._reader.join)
+            self._reader = None
         if self._thread is None:
             return
         self._queue.put(None)
@@ -109,7 +169,7 @@ class SqliteStore:
         # FULL: a commit is on disk before the futures resolve, so DepositOk is honest.
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        _migrate(conn)
+        migrate(conn)
         return conn
 
     def _run(self) -> None:
@@ -122,28 +182,44 @@ class SqliteStore:
         self._opened.set()
         try:
             while True:
-                first = self._queue.get()
-                if first is None:
+                batch, stop = _take_batch(self._queue)
+                if batch:
+                    self._run_batch(conn, batch)
+                if stop:
                     break
-                batch = [first]
-                stop = False
-                while len(batch) < _MAX_BATCH:
+        finally:
+            conn.close()
+
+    def _run_reader(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            conn.execute("PRAGMA query_only=ON")
+        except BaseException as exc:  # reported to open()'s caller
+            self._open_error = exc
+            self._reader_opened.set()
+            return
+        self._reader_opened.set()
+        try:
+            while True:
+                batch, stop = _take_batch(self._reads)
+                outcomes: list[_Outcome] = []
+                for job in batch:
+                    # Autocommit: each read sees everything committed before it started.
                     try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stop = True
-                        break
-                    batch.append(job)
-                self._run_batch(conn, batch)
+                        outcomes.append((job, job.fn(conn), None))
+                    except sqlite3.Error as exc:
+                        _log.error("store read failed: %s", type(exc).__name__)
+                        outcomes.append((job, None, LocalError("store read failed")))
+                    except Exception as exc:
+                        outcomes.append((job, None, exc))
+                _settle(outcomes)
                 if stop:
                     break
         finally:
             conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
@@ -164,11 +240,7 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             outcomes = [(job, None, LocalError("store transaction failed")) for job in batch]
-        for job, result, error in outcomes:
-            try:
-                job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
-            except RuntimeError:  # the caller's loop is gone; nobody is waiting
-                pass
+        _settle(outcomes)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._thread is None:
@@ -176,6 +248,25 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
         self._queue.put(_Job(fn, future, loop))
+        return await future
+
+    async def _write_uncached(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """A write that may change memoised answers: invalidate around the commit."""
+        self._token_users.invalidate()
+        self._user_devices.invalidate()
+        try:
+            return await self._call(fn)
+        finally:
+            self._token_users.invalidate()
+            self._user_devices.invalidate()
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run a read-only ``fn`` on the reader connection."""
+        if self._reader is None:
+            raise LocalError("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._reads.put(_Job(fn, future, loop))
         return await future
 
     # -- devices and keys ---------------------------------------------------------------
@@ -229,39 +320,35 @@ class SqliteStore:
                     (device.identity_key, device.sealing_key, device.device_id),
                 )
 
-        await self._call(run)
+        await self._write_uncached(run)
 
     async def get_device(self, device_id: bytes) -> RegisteredDevice | None:
         def run(conn: sqlite3.Connection) -> RegisteredDevice | None:
             row = conn.execute(
-                "SELECT d.user_key, d.signing_key, d.identity_key, d.sealing_key,"
-                " u.list_body, u.list_signature, u.list_version"
+                f"SELECT {RegisteredDevice.COLUMNS}"
                 " FROM devices d JOIN users u ON u.user_key = d.user_key"
                 " WHERE d.device_id = ?",
                 (device_id,),
             ).fetchone()
             if row is None:
                 return None
-            return RegisteredDevice(
-                user_key=row[0],
-                keys=DeviceKeys(
-                    device_id=device_id,
-                    signing_key=row[1],
-                    identity_key=row[2],
-                    sealing_key=row[3],
-                ),
-                device_list=SignedDeviceList(body=row[4], signature=row[5]),
-                device_list_version=row[6],
-            )
+            return RegisteredDevice.from_row(device_id, row)
 
-        return await self._call(run)
+        return await self._read(run)
 
     async def user_devices(self, user_key: bytes) -> frozenset[bytes]:
+        cached = self._user_devices.get(user_key)
+        if cached is not None:
+            return cached
+        generation = self._user_devices.generation
+
         def run(conn: sqlite3.Connection) -> frozenset[bytes]:
             rows = conn.execute("SELECT device_id FROM devices WHERE user_key = ?", (user_key,))
             return frozenset(row[0] for row in rows)
 
-        return await self._call(run)
+        devices = await self._read(run)
+        self._user_devices.put(user_key, devices, generation)
+        return devices
 
     async def add_one_time_keys(
         self, device_id: bytes, keys: Sequence[SignedKey], fallback: SignedKey | None
@@ -310,7 +397,7 @@ class SqliteStore:
         return await self._call(run)
 
     async def key_counts(self, device_id: bytes) -> KeyCounts:
-        return await self._call(lambda conn: _key_counts(conn, device_id))
+        return await self._read(lambda conn: _key_counts(conn, device_id))
 
     # -- tokens -------------------------------------------------------------------------
 
@@ -332,7 +419,7 @@ class SqliteStore:
                 raise ProtocolError(ErrorCode.QUOTA, "too many delivery tokens")
             conn.execute("INSERT INTO tokens VALUES (?, ?)", (token_hash, user_key))
 
-        await self._call(run)
+        await self._write_uncached(run)
 
     async def revoke_token(self, user_key: bytes, token_hash: bytes) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
@@ -341,16 +428,24 @@ class SqliteStore:
             )
             return cur.rowcount > 0
 
-        return await self._call(run)
+        return await self._write_uncached(run)
 
     async def user_for_token(self, token_hash: bytes) -> bytes | None:
+        cached = self._token_users.get(token_hash)
+        if cached is not None:
+            return cached
+        generation = self._token_users.generation
+
         def run(conn: sqlite3.Connection) -> bytes | None:
             row = conn.execute(
                 "SELECT user_key FROM tokens WHERE token_hash = ?", (token_hash,)
             ).fetchone()
             return None if row is None else bytes(row[0])
 
-        return await self._call(run)
+        user_key = await self._read(run)
+        if user_key is not None:  # unknown tokens are not memoised: guessing fills nothing
+            self._token_users.put(token_hash, user_key, generation)
+        return user_key
 
     # -- mailboxes ----------------------------------------------------------------------
 
@@ -400,7 +495,7 @@ class SqliteStore:
             )
             return [MailboxEntry(seq=r[0], msg_id=r[1], body=r[2], received_at=r[3]) for r in rows]
 
-        return await self._call(run)
+        return await self._read(run)
 
     async def ack(self, device_id: bytes, up_to: int, now_ms: int) -> int:
         def run(conn: sqlite3.Connection) -> int:
@@ -421,6 +516,24 @@ class SqliteStore:
 
         return await self._call(run)
 
+    async def expire(self, before_ms: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            counts = conn.execute(
+                "SELECT device_id, COUNT(*) FROM mailbox_entries WHERE received_at < ?"
+                " GROUP BY device_id",
+                (before_ms,),
+            ).fetchall()
+            if not counts:
+                return 0
+            conn.execute("DELETE FROM mailbox_entries WHERE received_at < ?", (before_ms,))
+            conn.executemany(
+                "UPDATE mailboxes SET size = size - ? WHERE device_id = ?",
+                [(n, device_id) for device_id, n in counts],
+            )
+            return sum(int(n) for _, n in counts)
+
+        return await self._call(run)
+
     async def mailbox_size(self, device_id: bytes) -> int:
         def run(conn: sqlite3.Connection) -> int:
             row = conn.execute(
@@ -428,7 +541,7 @@ class SqliteStore:
             ).fetchone()
             return 0 if row is None else int(row[0])
 
-        return await self._call(run)
+        return await self._read(run)
 
     async def last_seq(self, device_id: bytes) -> int:
         def run(conn: sqlite3.Connection) -> int:
@@ -437,7 +550,7 @@ class SqliteStore:
             ).fetchone()
             return 0 if row is None else int(row[0])
 
-        return await self._call(run)
+        return await self._read(run)
 
 
 def _key_counts(conn: sqlite3.Connection, device_id: bytes) -> KeyCounts:
@@ -463,10 +576,14 @@ def _forget_unlisted(conn: sqlite3.Connection, user_key: bytes, listed: set[byte
         conn.execute("UPDATE mailboxes SET size = 0 WHERE device_id = ?", (device_id,))
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the migrations newer than the database's version; returns the version now.
+
+    Tests pass a prefix of the chain to build a database as an older release made it.
+    """
     conn.execute(SCHEMA_VERSION_TABLE)
     (current,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    for migration in MIGRATIONS:
+    for migration in migrations:
         if migration.version <= current:
             continue
         conn.execute("BEGIN IMMEDIATE")
@@ -481,4 +598,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        current = migration.version
         _log.info("store schema migrated to version %d", migration.version)
+    return int(current)

@@ -1,0 +1,269 @@
+"""Receiving group traffic and syncing groups to a new device (protocol §10.2, §10.3).
+
+The other half of client/groups.py: applying ``GroupUpdate`` and ``RoomKey`` control
+messages from member devices, decrypting fanned-out ``GroupBox`` entries, and the group
+part of what a newly linked device receives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from samizdat.client.connection import now_ms
+from samizdat.client.groups import (
+    GroupRecord,
+    InboundRecord,
+    _append,
+    _card_user,
+    _group_ids,
+    _history_records,
+    _load,
+    _member_name,
+    _save,
+    _unique_group_name,
+)
+from samizdat.client.messaging import verify_card
+from samizdat.client.peers import Peer, current_devices, remember_devices
+from samizdat.crypto.megolm import MegolmInbound
+from samizdat.crypto.padding import unpad
+from samizdat.errors import DecryptionError, ProtocolError, RemoteError
+from samizdat.protocol.control import (
+    GroupBox,
+    GroupUpdate,
+    RoomKey,
+    SyncGroup,
+    SyncHistory,
+    decode_group_text,
+)
+from samizdat.protocol.groups import apply_update, decode_group_state
+from samizdat.protocol.links import ContactCard
+
+if TYPE_CHECKING:
+    from samizdat.client.app import Client, Received
+
+__all__ = [
+    "on_group_update",
+    "on_room_key",
+    "on_group_box",
+    "sync_groups",
+    "sync_group_history",
+    "install_synced_group",
+    "append_synced_group_history",
+]
+
+log = logging.getLogger(__name__)
+
+
+# -- receiving ---------------------------------------------------------------------------
+
+
+def _sender_user(client: Client, record: GroupRecord | None, sender_key: bytes) -> bytes | None:
+    """The user whose current device list holds ``sender_key`` (us, a member, a contact)."""
+    from samizdat.client.devices import is_own_device
+
+    if is_own_device(client, sender_key):
+        return client.own_user_key
+    cards = [] if record is None else record.cards
+    for card in cards:
+        peer = Peer(_card_user(card), card.devices, b"", card.server, card.token)
+        if any(d.identity_key == sender_key for d in current_devices(client, peer)):
+            return peer.user_key
+    cid = client._store.get("ident", sender_key)
+    if cid is not None:
+        return client._contact(cid).user_key
+    return None
+
+
+def on_group_update(client: Client, sender_key: bytes, update: GroupUpdate) -> None:
+    """Apply a signed state from a member device (dropped if not allowed)."""
+    try:
+        incoming = decode_group_state(update.state)
+    except ProtocolError:
+        log.info("dropped a group update that does not verify")
+        return
+    group_id = incoming.group_id
+    record = _load(client, group_id)
+    held = None if record is None else decode_group_state(record.state)
+    verified_cards: list[ContactCard] = []
+    for card in update.cards:
+        with contextlib.suppress(RemoteError):
+            verify_card(card, now_ms())
+            remember_devices(client, card.devices)
+            verified_cards.append(card)
+    probe = GroupRecord(state=update.state, cards=verified_cards, name="")
+    signer = _sender_user(client, record if record is not None else probe, sender_key)
+    if signer is None and record is not None:
+        signer = _sender_user(client, probe, sender_key)
+    if signer != update.state.signer:
+        log.info("dropped a group update not sent by its signer")
+        return
+    if held is not None and incoming.version == held.version:
+        # Another part of an update we hold: only its cards are new.
+        if record is None or update.state.body != record.state.body:
+            return
+        state = held
+    else:
+        try:
+            state = apply_update(held, update.state)
+        except ProtocolError:
+            log.info("dropped a group update that is not allowed")
+            return
+    members_now = set(state.user_keys())
+    with client._store.locked():
+        if record is None:
+            if client.own_user_key not in members_now:
+                return
+            record = GroupRecord(
+                state=update.state,
+                cards=[],
+                name=_unique_group_name(client, state.name, group_id),
+            )
+        if held is None or state.name != held.name:
+            client._store.delete("gname", record.name)
+            record.name = _unique_group_name(client, state.name, group_id)
+        record.state = update.state
+        by_user = {_card_user(c): c for c in record.cards}
+        for card in verified_cards:
+            if _card_user(card) in members_now:
+                by_user[_card_user(card)] = card
+        record.cards = [c for u, c in by_user.items() if u in members_now]
+        record.gone = client.own_user_key not in members_now
+        _save(client, group_id, record)
+
+
+def on_room_key(client: Client, sender_key: bytes, key: RoomKey) -> None:
+    record = _load(client, key.group_id)
+    if record is None or record.gone:
+        log.info("dropped a room key for a group we are not in")
+        return
+    sender = _sender_user(client, record, sender_key)
+    state = decode_group_state(record.state)
+    if sender is None or state.member(sender) is None:
+        log.info("dropped a room key from a non-member")
+        return
+    try:
+        inbound = MegolmInbound.from_session_key(key.session_key)
+    except DecryptionError:
+        return
+    if inbound.session_id != key.session_id:
+        return
+    with client._store.locked():
+        raw = client._store.get("gin", key.session_id)
+        if raw is not None:
+            held = msgspec.msgpack.decode(raw, type=InboundRecord)
+            if held.sender_identity != sender_key:
+                return
+            current = MegolmInbound.from_pickle(held.pickle, client._store.pickle_key)
+            if current.first_known_index <= inbound.first_known_index:
+                return
+        client._store.put(
+            "gin",
+            key.session_id,
+            msgspec.msgpack.encode(
+                InboundRecord(
+                    pickle=inbound.pickle(client._store.pickle_key),
+                    group_id=key.group_id,
+                    sender_user=sender,
+                    sender_identity=sender_key,
+                )
+            ),
+        )
+
+
+def on_group_box(client: Client, box: GroupBox) -> Received | None:
+    """Decrypt a fanned-out group message (called with the store locked)."""
+    from samizdat.client.app import Received
+
+    raw = client._store.get("gin", box.session_id)
+    if raw is None:
+        log.info("dropped a group message whose key we do not hold")
+        return None
+    held = msgspec.msgpack.decode(raw, type=InboundRecord)
+    inbound = MegolmInbound.from_pickle(held.pickle, client._store.pickle_key)
+    plaintext, _index = inbound.decrypt(box.megolm)
+    text = decode_group_text(unpad(plaintext))
+    record = _load(client, held.group_id)
+    if text.group_id != held.group_id or record is None or record.gone:
+        return None
+    state = decode_group_state(record.state)
+    if state.member(held.sender_user) is None:
+        log.info("dropped a group message from a former member")
+        return None
+    own = held.sender_user == client.own_user_key
+    fresh = _append(
+        client,
+        held.group_id,
+        held.sender_user,
+        "out" if own else "in",
+        text.text,
+        text.msg_id,
+        text.sent_at,
+    )
+    if not fresh or own:
+        return None
+    return Received(
+        sender=_member_name(client, record, held.sender_user),
+        text=text.text,
+        id=text.msg_id.hex(),
+        sent_at=text.sent_at,
+        request=False,
+        group=record.name,
+    )
+
+
+# -- sync to a new device ----------------------------------------------------------------
+
+
+def sync_groups(client: Client) -> list[SyncGroup]:
+    out: list[SyncGroup] = []
+    for group_id in _group_ids(client):
+        record = _load(client, group_id)
+        if record is not None and not record.gone:
+            out.append(SyncGroup(state=record.state, cards=record.cards))
+    return out
+
+
+def sync_group_history(client: Client, limit: int) -> list[SyncHistory]:
+    out: list[SyncHistory] = []
+    for group_id in _group_ids(client):
+        for r in _history_records(client, group_id)[-limit:]:
+            out.append(
+                SyncHistory(
+                    peer=group_id,
+                    group=True,
+                    direction=r.direction,
+                    text=r.text,
+                    msg_id=r.msg_id,
+                    sent_at=r.sent_at,
+                    author=r.author,
+                )
+            )
+    return out
+
+
+def install_synced_group(client: Client, synced: SyncGroup) -> None:
+    try:
+        state = decode_group_state(synced.state)
+    except ProtocolError:
+        return
+    cards: list[ContactCard] = []
+    for card in synced.cards:
+        with contextlib.suppress(RemoteError):
+            verify_card(card, now_ms())
+            cards.append(card)
+    record = GroupRecord(
+        state=synced.state,
+        cards=cards,
+        name=_unique_group_name(client, state.name, state.group_id),
+    )
+    _save(client, state.group_id, record)
+
+
+def append_synced_group_history(client: Client, item: SyncHistory) -> None:
+    if _load(client, item.peer) is None:
+        return
+    _append(client, item.peer, item.author, item.direction, item.text, item.msg_id, item.sent_at)

@@ -1,0 +1,289 @@
+"""The bus between server nodes: Redis pub/sub (DESIGN §7).
+
+Each device has a channel. A message on it says one of two things, and nothing else:
+
+* ``news``: "(device, seq) has news" after a durable deposit on some node;
+* ``claim``: a connection on some node now consumes this mailbox (DESIGN §5: one
+  consumer at a time). Claims are numbered by ``INCR`` on one Redis key, a global
+  order, so when two nodes claim at once the later claim wins on both; a subscription
+  whose claim number is older learns it is :attr:`replaced` and its session closes.
+
+Wire format of a message (binary): one kind byte (``n`` or ``c``), the 16-byte id of
+the publishing node, then a big-endian u64 (the seq, or the claim number). Messages a
+node published itself are ignored on the way back: its own subscribers were told
+directly, without the round trip.
+
+Redis never holds the only copy of anything: a lost message delays a wake-up until the
+next one, and after the connection to Redis is lost every local subscriber is woken
+(so each re-fetches from the store, the truth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import struct
+from collections import deque
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from samizdat.errors import LocalError
+from samizdat.server.bus.base import Subscription
+
+__all__ = ["RedisBus", "RedisSubscription"]
+
+_log = logging.getLogger(__name__)
+
+QUEUE_SIZE: Final = 16
+_PREFIX: Final = b"samizdat:dev:"
+_NODE_PREFIX: Final = b"samizdat:node:"
+_CLAIMS_KEY: Final = b"samizdat:claims"
+_MESSAGE: Final = struct.Struct(">c16sQ")
+_NEWS: Final = b"n"
+_CLAIM: Final = b"c"
+_RECONNECT_DELAY: Final = 0.5
+_MAX_PUBLISH_BATCH: Final = 256
+
+
+def _channel(device_id: bytes) -> bytes:
+    return _PREFIX + device_id
+
+
+class RedisSubscription:
+    """News for one device on this node; also one side of the cross-node consumer rule."""
+
+    def __init__(self, bus: RedisBus, device_id: bytes, size: int) -> None:
+        self._bus = bus
+        self._device_id = device_id
+        self._queue: asyncio.Queue[int] = asyncio.Queue(size)
+        self._closed = False
+        self._claim: int | None = None
+        self._newest_remote_claim = 0
+
+    def __repr__(self) -> str:
+        return f"RedisSubscription(pending={self._queue.qsize()}, replaced={self.replaced})"
+
+    @property
+    def replaced(self) -> bool:
+        return self._claim is not None and self._newest_remote_claim > self._claim
+
+    def notify(self, seq: int) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # one pending wake-up is enough
+            self._queue.put_nowait(seq)
+
+    def remote_claim(self, number: int) -> None:
+        self._newest_remote_claim = max(self._newest_remote_claim, number)
+        if self.replaced:
+            self.notify(0)
+
+    async def wait(self) -> int:
+        seq = await self._queue.get()
+        while not self._queue.empty():
+            seq = max(seq, self._queue.get_nowait())
+        return seq
+
+    async def claim(self) -> None:
+        await self._bus._ready(self._device_id)
+        self._claim = await self._bus._announce_claim(self._device_id)
+        if self.replaced:
+            self.notify(0)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._bus._remove(self._device_id, self)
+
+
+class RedisBus:
+    """:class:`~samizdat.server.bus.base.Bus` shared by every node through one Redis.
+
+    Call :meth:`open` before use. ``url`` is a ``redis://`` URL (never logged).
+    """
+
+    def __init__(self, url: str, *, queue_size: int = QUEUE_SIZE) -> None:
+        self._url = url
+        self._queue_size = queue_size
+        self.node_id = secrets.token_bytes(16)
+        self._client: Any = None
+        self._pubsub: Any = None
+        self._subscribers: dict[bytes, set[RedisSubscription]] = {}
+        # Futures of SUBSCRIBE commands sent, per channel, in order: Redis confirms in order.
+        self._pending: dict[bytes, deque[asyncio.Future[None]]] = {}
+        self._ready_futures: dict[bytes, asyncio.Future[None]] = {}
+        self._commands: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._outgoing: asyncio.Queue[tuple[bytes, bytes] | None] = asyncio.Queue()
+
+    def __repr__(self) -> str:
+        return f"RedisBus(devices={len(self._subscribers)})"
+
+    async def open(self) -> None:
+        self._client = aioredis.Redis.from_url(self._url)
+        try:
+            await self._client.ping()
+            self._pubsub = self._client.pubsub()
+            # A channel of our own keeps the connection subscribed (listen() needs one).
+            await self._pubsub.subscribe(_NODE_PREFIX + self.node_id)
+        except (RedisError, OSError) as exc:
+            await self.close()
+            raise LocalError(f"cannot connect to Redis: {type(exc).__name__}") from exc
+        self._tasks = [
+            asyncio.create_task(self._read(), name="samizdat-redis-read"),
+            asyncio.create_task(self._write(), name="samizdat-redis-write"),
+            asyncio.create_task(self._publish_batches(), name="samizdat-redis-publish"),
+        ]
+
+    async def close(self) -> None:
+        if self._tasks:
+            # The writer finishes its command first: redis-py can swallow a cancellation
+            # that lands in the middle of one.
+            reader, writer, publisher = self._tasks
+            self._commands.put_nowait(None)
+            self._outgoing.put_nowait(None)
+            await asyncio.wait([writer, publisher])
+            reader.cancel()
+            await asyncio.wait([reader])
+        self._tasks = []
+        for waiting in self._pending.values():
+            for future in waiting:
+                future.cancel()
+        self._pending.clear()
+        self._subscribers.clear()
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+            self._pubsub = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- Bus ----------------------------------------------------------------------------
+
+    async def publish(self, device_id: bytes, seq: int) -> None:
+        for subscription in list(self._subscribers.get(device_id, ())):
+            subscription.notify(seq)
+        # Sent by the publisher task, many per round trip: the deposit is durable already
+        # and the wake-up is only a hint, so the depositor need not wait for Redis.
+        self._outgoing.put_nowait((_channel(device_id), _MESSAGE.pack(_NEWS, self.node_id, seq)))
+
+    def subscribe(self, device_id: bytes) -> Subscription:
+        subscription = RedisSubscription(self, device_id, self._queue_size)
+        subscribers = self._subscribers.setdefault(device_id, set())
+        if not subscribers:
+            self._send("subscribe", device_id)
+        subscribers.add(subscription)
+        return subscription
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _send(self, command: str, device_id: bytes) -> None:
+        channel = _channel(device_id)
+        if command == "subscribe":
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._pending.setdefault(channel, deque()).append(future)
+            self._ready_futures[device_id] = future
+        else:
+            self._ready_futures.pop(device_id, None)
+        self._commands.put_nowait((command, channel))
+
+    async def _ready(self, device_id: bytes) -> None:
+        """Until Redis confirmed our SUBSCRIBE for this device (no news can be missed)."""
+        future = self._ready_futures.get(device_id)
+        if future is not None:
+            await asyncio.shield(future)
+
+    async def _announce_claim(self, device_id: bytes) -> int:
+        try:
+            number = int(await self._client.incr(_CLAIMS_KEY))
+            await self._client.publish(
+                _channel(device_id), _MESSAGE.pack(_CLAIM, self.node_id, number)
+            )
+        except (RedisError, OSError) as exc:
+            # Without the claim another node might keep consuming: refuse the Subscribe.
+            raise LocalError(f"bus unavailable: {type(exc).__name__}") from None
+        return number
+
+    def _remove(self, device_id: bytes, subscription: RedisSubscription) -> None:
+        subscribers = self._subscribers.get(device_id)
+        if subscribers is None:
+            return
+        subscribers.discard(subscription)
+        if not subscribers:
+            del self._subscribers[device_id]
+            if self._tasks:
+                self._send("unsubscribe", device_id)
+
+    async def _write(self) -> None:
+        # One writer keeps SUBSCRIBE/UNSUBSCRIBE in order, so confirmations match futures.
+        while (next_command := await self._commands.get()) is not None:
+            command, channel = next_command
+            try:
+                if command == "subscribe":
+                    await self._pubsub.subscribe(channel)
+                else:
+                    await self._pubsub.unsubscribe(channel)
+            except (RedisError, OSError) as exc:
+                _log.warning("bus %s failed: %s", command, type(exc).__name__)
+
+    async def _publish_batches(self) -> None:
+        while (first := await self._outgoing.get()) is not None:
+            batch = [first]
+            stop = False
+            while not self._outgoing.empty() and len(batch) < _MAX_PUBLISH_BATCH:
+                item = self._outgoing.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, message in batch:
+                        pipe.publish(channel, message)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                # Consumers elsewhere catch up on their next wake-up (or reconnect).
+                _log.warning("bus publish failed: %s", type(exc).__name__)
+            if stop:
+                return
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                async for message in self._pubsub.listen():
+                    self._handle(message)
+            except (RedisError, OSError) as exc:
+                _log.warning("bus connection lost: %s", type(exc).__name__)
+                await asyncio.sleep(_RECONNECT_DELAY)
+                # Wake-ups may have been lost meanwhile: everyone re-fetches.
+                for subscribers in list(self._subscribers.values()):
+                    for subscription in list(subscribers):
+                        subscription.notify(0)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind == "subscribe":
+            waiting = self._pending.get(channel)
+            if waiting:
+                future = waiting.popleft()
+                if not future.done():
+                    future.set_result(None)
+                if not waiting:
+                    del self._pending[channel]
+            return
+        if kind != "message" or not channel.startswith(_PREFIX):
+            return
+        data = message["data"]
+        if len(data) != _MESSAGE.size:
+            return
+        what, node, number = _MESSAGE.unpack(data)
+        if node == self.node_id:
+            return
+        device_id = channel[len(_PREFIX) :]
+        for subscription in list(self._subscribers.get(device_id, ())):
+            if what == _NEWS:
+                subscription.notify(number)
+            elif what == _CLAIM:
+                subscription.remote_claim(number)

@@ -1,0 +1,84 @@
+"""Numbered schema migrations for the PostgreSQL store, numbered like the SQLite chain.
+
+Version N here makes the same tables and indexes as version N of ``migrations.py``, in
+PostgreSQL types. Every mailbox table has ``device_id`` first in its primary key, so
+each can be hash-partitioned or sharded by device without changing a query: every
+statement on them names one device (docs/scaling.md). A released migration is never
+edited; a change is a new number in both chains.
+"""
+
+from __future__ import annotations
+
+from samizdat.server.store.migrations import Migration
+
+__all__ = ["PG_MIGRATIONS", "PG_SCHEMA_VERSION_TABLE"]
+
+PG_SCHEMA_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version INTEGER PRIMARY KEY,"
+    " applied_at BIGINT NOT NULL)"
+)
+
+PG_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        (
+            """CREATE TABLE users (
+                user_key BYTEA PRIMARY KEY,
+                list_version BIGINT NOT NULL,
+                list_body BYTEA NOT NULL,
+                list_signature BYTEA NOT NULL
+            )""",
+            """CREATE TABLE devices (
+                device_id BYTEA PRIMARY KEY,
+                user_key BYTEA NOT NULL,
+                signing_key BYTEA NOT NULL,
+                identity_key BYTEA NOT NULL,
+                sealing_key BYTEA NOT NULL,
+                fallback_key_id TEXT,
+                fallback_key BYTEA,
+                fallback_signature BYTEA
+            )""",
+            "CREATE INDEX devices_by_user ON devices (user_key)",
+            # An identity column so that claims hand keys out in upload order.
+            """CREATE TABLE one_time_keys (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                device_id BYTEA NOT NULL,
+                key_id TEXT NOT NULL,
+                key BYTEA NOT NULL,
+                signature BYTEA NOT NULL,
+                UNIQUE (device_id, key_id)
+            )""",
+            """CREATE TABLE tokens (
+                token_hash BYTEA PRIMARY KEY,
+                user_key BYTEA NOT NULL
+            )""",
+            "CREATE INDEX tokens_by_user ON tokens (user_key)",
+            # The row is also the per-mailbox lock: a deposit's UPDATE serialises seqs.
+            """CREATE TABLE mailboxes (
+                device_id BYTEA PRIMARY KEY,
+                last_seq BIGINT NOT NULL,
+                size BIGINT NOT NULL
+            )""",
+            """CREATE TABLE mailbox_entries (
+                device_id BYTEA NOT NULL,
+                seq BIGINT NOT NULL,
+                msg_id BYTEA NOT NULL,
+                body BYTEA NOT NULL,
+                received_at BIGINT NOT NULL,
+                PRIMARY KEY (device_id, seq)
+            )""",
+            """CREATE TABLE msg_ids (
+                device_id BYTEA NOT NULL,
+                msg_id BYTEA NOT NULL,
+                at BIGINT NOT NULL,
+                PRIMARY KEY (device_id, msg_id)
+            )""",
+            "CREATE INDEX msg_ids_by_age ON msg_ids (device_id, at)",
+        ),
+    ),
+    Migration(
+        2,
+        ("CREATE INDEX one_time_keys_by_device ON one_time_keys (device_id, id)",),
+    ),
+)
