@@ -25,7 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from samizdat.client import groups
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deposit_delivery import _start_server  # noqa: E402
+from samizdat.client import groups  # noqa: E402
 from samizdat.client.app import Client
 from samizdat.client.connection import Connection, now_ms
 from samizdat.client.devices import ensure_self_token
@@ -58,38 +60,6 @@ class Member:
     sealing: list[SealingKey]
     token: bytes
     card: ContactCard
-
-
-def _start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "samizdat",
-            "server",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warning",
-            # The bench measures cost, not the flood limits an operator keeps.
-            "--token-rate",
-            "1000000",
-            "--connection-rate",
-            "1000000",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    link_file = data_dir / "server-link"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if link_file.exists() and link_file.read_text().strip():
-            return proc, link_file.read_text().strip()
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("server did not start")
 
 
 async def _register_members(link: str, users: int, per_user: int) -> list[Member]:
@@ -207,7 +177,7 @@ async def _check_sample(link: str, members: list[Member], texts: list[str], samp
 async def _main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        proc, link = _start_server(root / "server")
+        proc, link = _start_server(root / "server", [])
         try:
             t0 = time.perf_counter()
             members = await _register_members(link, args.users, args.devices_per_user)
