@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -20,7 +18,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from samizdat import __version__, cli_reach, cli_relay
+from samizdat.cli_common import home as _home
+from samizdat.cli_common import out as _out
+from samizdat.cli_common import passphrase as _passphrase
 from samizdat.cli_extra import _cmd_group_history, add_extension_commands
+from samizdat.cli_reach import open_client as _open
 from samizdat.client import groups, verification
 from samizdat.client.app import Client
 from samizdat.crypto.safety import format_safety_number
@@ -31,33 +33,8 @@ __all__ = ["main", "build_parser"]
 _Handler = Callable[[argparse.Namespace], Coroutine[object, object, int]]
 
 
-def _home(args: argparse.Namespace) -> Path:
-    if args.home:
-        return Path(args.home).expanduser()
-    return Path(os.environ.get("SAMIZDAT_HOME") or "~/.samizdat").expanduser()
-
-
-def _passphrase(confirm: bool = False) -> str:
-    env = os.environ.get("SAMIZDAT_PASSPHRASE")
-    if env is not None:
-        return env
-    first = getpass.getpass("passphrase: ")
-    if confirm and getpass.getpass("again: ") != first:
-        raise _UsageError("the passphrases differ")
-    return first
-
-
 class _UsageError(Exception):
     pass
-
-
-def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-async def _open(args: argparse.Namespace) -> Client:
-    return await Client.open(_home(args), _passphrase(), cli_reach.transport_options(args))
 
 
 async def _cmd_init(args: argparse.Namespace) -> int:

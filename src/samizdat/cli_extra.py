@@ -9,45 +9,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
 from samizdat import cli_reach
+from samizdat.cli_common import home as _home
+from samizdat.cli_common import out as _out
+from samizdat.cli_common import passphrase as _passphrase
+from samizdat.cli_reach import open_client as _open
 from samizdat.client import devices, groups, verification
-from samizdat.client.app import Client
 from samizdat.crypto.sas import SasCode
-from samizdat.errors import LocalError
 
 __all__ = ["add_extension_commands"]
-
-
-def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _home(args: argparse.Namespace) -> Path:
-    if args.home:
-        return Path(args.home).expanduser()
-    return Path(os.environ.get("SAMIZDAT_HOME") or "~/.samizdat").expanduser()
-
-
-def _passphrase(confirm: bool = False) -> str:
-    env = os.environ.get("SAMIZDAT_PASSPHRASE")
-    if env is not None:
-        return env
-    import getpass
-
-    first = getpass.getpass("passphrase: ")
-    if confirm and getpass.getpass("again: ") != first:
-        raise LocalError("the passphrases differ")
-    return first
-
-
-async def _open(args: argparse.Namespace) -> Client:
-    return await Client.open(_home(args), _passphrase(), cli_reach.transport_options(args))
 
 
 def _confirmer(args: argparse.Namespace, label: str) -> devices.Confirm:

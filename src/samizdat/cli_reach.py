@@ -7,9 +7,10 @@ import argparse
 import json
 import os
 import ssl
-import sys
 from collections.abc import Awaitable, Callable
 
+from samizdat.cli_common import home, passphrase
+from samizdat.cli_common import out as _out
 from samizdat.client.app import Client
 from samizdat.client.reach import descriptor_from_link
 from samizdat.errors import LocalError, ProtocolError
@@ -55,6 +56,11 @@ def add_global_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+async def open_client(args: argparse.Namespace) -> Client:
+    """Open the local client named by the global flags, reaching servers as they say."""
+    return await Client.open(home(args), passphrase(), transport_options(args))
+
+
 def transport_options(args: argparse.Namespace) -> TransportOptions:
     """The options the global flags and the environment give.
 
@@ -76,11 +82,6 @@ def transport_options(args: argparse.Namespace) -> TransportOptions:
     if args.doh_ca:
         verify = ssl.create_default_context(cafile=args.doh_ca)
     return TransportOptions(proxy=proxy, dns_server=dns_server, doh=doh, doh_verify=verify)
-
-
-def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 async def _cmd_probe(args: argparse.Namespace) -> int:

@@ -7,21 +7,16 @@ import argparse
 import asyncio
 import json
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from samizdat.cli_common import out as _out
 from samizdat.client import relays as client_relays
 from samizdat.client.app import Client
 from samizdat.errors import LocalError
 from samizdat.transport.dial import now_ms
 
 __all__ = ["add_commands"]
-
-
-def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def _host_port(text: str, flag: str) -> tuple[str, int]:

@@ -150,10 +150,6 @@ class Client:
         self._sealing = SealingKey.from_secret_bytes(identity.sealing_secret)
         self._conns: dict[bytes, Connection] = {}
         self._conn_locks: dict[bytes, asyncio.Lock] = {}
-        self._authed: set[int] = set()
-        self._subscribed_conns: set[int] = set()
-        #: Entries delivered on the current subscription but not yet consumed by listen().
-        self._backlog: list[frames.Entry] = []
         # The last sealed body sent per contact name, in memory only (for tests and tools).
         self._last_sent: dict[str, bytes] = {}
         #: An open `devices link` (client/devices.py), in memory only.
@@ -289,7 +285,6 @@ class Client:
             if conn is not None and not conn.closed:
                 return conn
             if conn is not None:
-                self._forget(conn)
                 await conn.close()
             # The newest descriptor we hold, the path that worked last time first (DESIGN §6).
             signed = reach.newest_descriptor(self._store, server_key, signed)
@@ -311,23 +306,15 @@ class Client:
         key = self._identity.server_key
         return reach.newest_descriptor(self._store, key, self._identity.server), key
 
-    def _forget(self, conn: Connection) -> None:
-        # Login and subscription are per connection; ids of dead objects can be reused.
-        self._authed.discard(id(conn))
-        if id(conn) in self._subscribed_conns:
-            self._subscribed_conns.discard(id(conn))
-            self._backlog = []
-
     async def _drop(self, server_key: bytes) -> None:
         conn = self._conns.pop(server_key, None)
         if conn is not None:
-            self._forget(conn)
             await conn.close()
 
     async def _own(self) -> Connection:
         """The authenticated connection to our own server (keys topped up on login)."""
         conn = await self._connection(self._identity.server_key, self._identity.server)
-        if id(conn) in self._authed:
+        if conn.logged_in:
             return conn
         account = self._load_account()
         # The key the server holds now: it may have rotated since we joined (protocol §4).
@@ -335,7 +322,7 @@ class Client:
         ok = await conn.call(
             frames.Auth(rid=0, device_id=self._identity.device_id, proof=proof), frames.AuthOk
         )
-        self._authed.add(id(conn))
+        conn.logged_in = True
         await self._top_up(conn, ok.one_time_keys, ok.has_fallback_key)
         return conn
 
@@ -710,8 +697,8 @@ class Client:
         while count is None or yielded < count:
             try:
                 conn = await self._subscribed()
-                if self._backlog:
-                    entries, self._backlog = self._backlog, []
+                if conn.backlog:
+                    entries, conn.backlog = conn.backlog, []
                 else:
                     deliver = await conn.next_delivery(timeout)
                     if deliver is None:
@@ -722,7 +709,6 @@ class Client:
                 # (DESIGN §6); unacknowledged entries come again on the new subscription.
                 # Replaced by another listener: stop, or the two would take turns forever.
                 # With an idle timeout, give up once that long passed without a connection.
-                self._backlog = []
                 await self._drop(self._identity.server_key)
                 failures += 1
                 elapsed = asyncio.get_running_loop().time() - since
@@ -740,7 +726,7 @@ class Client:
                 if count is not None and yielded + len(batch) >= count:
                     # Delivered on this subscription but not consumed: the server will not
                     # send them again on this connection, so keep them for the next call.
-                    self._backlog = entries[index:]
+                    conn.backlog = entries[index:]
                     break
                 received = self._process(entry)
                 last = entry.seq
@@ -755,11 +741,11 @@ class Client:
 
     async def _subscribed(self) -> Connection:
         conn = await self._own()
-        if id(conn) not in self._subscribed_conns:
+        if not conn.subscribed:
             raw = self._store.get("cursor", "")
             after = int.from_bytes(raw, "big") if raw else 0
             await conn.call(frames.Subscribe(rid=0, after=after), frames.Ok)
-            self._subscribed_conns.add(id(conn))
+            conn.subscribed = True
         return conn
 
     def _process(self, entry: frames.Entry) -> Received | None:

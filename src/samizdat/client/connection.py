@@ -55,6 +55,11 @@ class Connection:
         self.attempts = attempts or []
         #: Called with every newer verified descriptor the server pushes.
         self.on_descriptor: Callable[[SignedDescriptor], object] | None = None
+        # Login and subscription belong to this connection: a new one starts without them.
+        self.logged_in = False
+        self.subscribed = False
+        #: Entries delivered on this subscription that ``listen`` has not consumed yet.
+        self.backlog: list[frames.Entry] = []
         self._next_rid = 1
         self._pending: dict[int, asyncio.Future[frames.ServerFrame]] = {}
         self._deliveries: asyncio.Queue[frames.Deliver | None] = asyncio.Queue()

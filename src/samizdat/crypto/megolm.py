@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import vodozemac
 
-from samizdat.errors import DecryptionError, LocalError
+from samizdat.crypto.olm import pickle_with, unpickle
+from samizdat.errors import DecryptionError
 
 __all__ = ["MegolmOutbound", "MegolmInbound"]
-
-
-def _check_pickle_key(key: bytes) -> None:
-    if len(key) != 32:
-        raise LocalError("pickle key must be 32 bytes")
 
 
 class MegolmOutbound:
@@ -34,15 +30,12 @@ class MegolmOutbound:
 
     @classmethod
     def from_pickle(cls, pickle: str, pickle_key: bytes) -> MegolmOutbound:
-        _check_pickle_key(pickle_key)
-        try:
-            return cls(vodozemac.GroupSession.from_pickle(pickle, pickle_key))
-        except ValueError as exc:
-            raise DecryptionError("cannot unpickle Megolm session") from exc
+        return cls(
+            unpickle(vodozemac.GroupSession.from_pickle, pickle, pickle_key, "Megolm session")
+        )
 
     def pickle(self, pickle_key: bytes) -> str:
-        _check_pickle_key(pickle_key)
-        return self._session.pickle(pickle_key)
+        return pickle_with(self._session, pickle_key)
 
     @property
     def session_id(self) -> str:
@@ -81,15 +74,14 @@ class MegolmInbound:
 
     @classmethod
     def from_pickle(cls, pickle: str, pickle_key: bytes) -> MegolmInbound:
-        _check_pickle_key(pickle_key)
-        try:
-            return cls(vodozemac.InboundGroupSession.from_pickle(pickle, pickle_key))
-        except ValueError as exc:
-            raise DecryptionError("cannot unpickle Megolm session") from exc
+        return cls(
+            unpickle(
+                vodozemac.InboundGroupSession.from_pickle, pickle, pickle_key, "Megolm session"
+            )
+        )
 
     def pickle(self, pickle_key: bytes) -> str:
-        _check_pickle_key(pickle_key)
-        return self._session.pickle(pickle_key)
+        return pickle_with(self._session, pickle_key)
 
     @property
     def session_id(self) -> str:

@@ -14,14 +14,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import vodozemac
 
 from samizdat.crypto.signing import signed_message
 from samizdat.errors import DecryptionError, LocalError
 
+T = TypeVar("T")
+
+
+class _Picklable(Protocol):
+    def pickle(self, pickle_key: bytes) -> str: ...
+
+
 __all__ = [
+    "unpickle",
+    "pickle_with",
     "OLM_PRE_KEY",
     "OLM_NORMAL",
     "PICKLE_KEY_SIZE",
@@ -58,6 +69,25 @@ def _check_pickle_key(key: bytes) -> None:
         raise LocalError("pickle key must be 32 bytes")
 
 
+def unpickle(load: Callable[[str, bytes], T], pickle: str, pickle_key: bytes, what: str) -> T:
+    """``load(pickle, pickle_key)`` for any vodozemac object, with our errors.
+
+    Raises:
+        LocalError: the key is not 32 bytes. DecryptionError: wrong key or damaged pickle.
+    """
+    _check_pickle_key(pickle_key)
+    try:
+        return load(pickle, pickle_key)
+    except ValueError as exc:
+        raise DecryptionError(f"cannot unpickle {what}") from exc
+
+
+def pickle_with(obj: _Picklable, pickle_key: bytes) -> str:
+    """``obj.pickle(pickle_key)`` after checking the key size."""
+    _check_pickle_key(pickle_key)
+    return obj.pickle(pickle_key)
+
+
 @dataclass(frozen=True)
 class OneTimeKey:
     """An unpublished Curve25519 key to be signed and uploaded (not secret)."""
@@ -78,15 +108,10 @@ class OlmSession:
     @classmethod
     def from_pickle(cls, pickle: str, pickle_key: bytes) -> OlmSession:
         """Raises DecryptionError if the pickle or the key is wrong."""
-        _check_pickle_key(pickle_key)
-        try:
-            return cls(vodozemac.Session.from_pickle(pickle, pickle_key))
-        except ValueError as exc:
-            raise DecryptionError("cannot unpickle Olm session") from exc
+        return cls(unpickle(vodozemac.Session.from_pickle, pickle, pickle_key, "Olm session"))
 
     def pickle(self, pickle_key: bytes) -> str:
-        _check_pickle_key(pickle_key)
-        return self._session.pickle(pickle_key)
+        return pickle_with(self._session, pickle_key)
 
     @property
     def session_id(self) -> str:
@@ -138,15 +163,10 @@ class OlmAccount:
     @classmethod
     def from_pickle(cls, pickle: str, pickle_key: bytes) -> OlmAccount:
         """Raises DecryptionError if the pickle or the key is wrong."""
-        _check_pickle_key(pickle_key)
-        try:
-            return cls(vodozemac.Account.from_pickle(pickle, pickle_key))
-        except ValueError as exc:
-            raise DecryptionError("cannot unpickle Olm account") from exc
+        return cls(unpickle(vodozemac.Account.from_pickle, pickle, pickle_key, "Olm account"))
 
     def pickle(self, pickle_key: bytes) -> str:
-        _check_pickle_key(pickle_key)
-        return self._account.pickle(pickle_key)
+        return pickle_with(self._account, pickle_key)
 
     @property
     def identity_key(self) -> bytes:
