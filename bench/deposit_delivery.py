@@ -27,6 +27,7 @@ import websockets
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from openloop import cpu_seconds, open_loop, percentile
 from samizdat.crypto.signing import SigningKey
 from samizdat.protocol import frames as f
 from samizdat.protocol.descriptor import Descriptor, open_descriptor
@@ -72,10 +73,13 @@ class Conn:
         self.rid = 0
 
     @classmethod
-    async def open(cls, link: str) -> Conn:
+    async def open(cls, link: str, open_timeout: float = 10) -> Conn:
         descriptor = _descriptor(link)
         ws = await websockets.connect(
-            descriptor.endpoints[0].url, ssl=_ssl_context(descriptor), max_size=2**20
+            descriptor.endpoints[0].url,
+            ssl=_ssl_context(descriptor),
+            max_size=2**20,
+            open_timeout=open_timeout,
         )
         peer = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
         spki = (
@@ -137,8 +141,8 @@ async def _register(link: str) -> Recipient:
     return Recipient(device_id, token, device.secret_bytes())
 
 
-async def _subscribe(link: str, recipient: Recipient) -> Conn:
-    conn = await Conn.open(link)
+async def _subscribe(link: str, recipient: Recipient, open_timeout: float = 10) -> Conn:
+    conn = await Conn.open(link, open_timeout)
     device = SigningKey.from_secret_bytes(recipient.seed)
     server_key = _descriptor(link).server_key
     proof = device.sign(
@@ -196,34 +200,12 @@ async def _sender(
     """
     conns = [DepositConn(await Conn.open(link)) for _ in range(connections)]
     lanes = connections * in_flight
-    acked = 0
-    start = time.perf_counter()
-    stop = start + duration
 
-    async def lane(slot: int) -> None:
-        nonlocal acked
-        conn = conns[slot % connections]
-        interval = lanes / rate if rate else 0.0
-        next_at = start + interval * slot / lanes
-        n = 0
-        while True:
-            now = time.perf_counter()
-            if now >= stop:
-                return
-            if rate:
-                if next_at > now:
-                    await asyncio.sleep(next_at - now)
-                scheduled = time.time_ns() - int((time.perf_counter() - next_at) * 1e9)
-                next_at += interval
-            else:
-                scheduled = time.time_ns()
-            target = recipients[(slot + n * lanes) % len(recipients)]
-            n += 1
-            await conn.deposit(target, _body(scheduled))
-            acked += 1
+    async def send(slot: int, n: int, scheduled: int) -> None:
+        target = recipients[(slot + n * lanes) % len(recipients)]
+        await conns[slot % connections].deposit(target, _body(scheduled))
 
-    await asyncio.gather(*(lane(slot) for slot in range(lanes)))
-    elapsed = time.perf_counter() - start
+    acked, elapsed = await open_loop(lanes, rate, duration, send)
     for conn in conns:
         conn.reader.cancel()
         await conn.conn.ws.close()
@@ -296,13 +278,6 @@ def _receiver_process(
     asyncio.run(_receiver(link, recipients, expect_seconds, ready, out))
 
 
-def _percentile(sorted_values: list[int], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
-    return sorted_values[index] / 1e6
-
-
 def _start_server(data_dir: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
         [
@@ -334,12 +309,6 @@ def _start_server(data_dir: Path, extra: list[str]) -> tuple[subprocess.Popen[by
         time.sleep(0.05)
     proc.kill()
     raise SystemExit("server did not start")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _start_profiler(pid: int, out: str | None, duration: float) -> subprocess.Popen[bytes] | None:
@@ -413,6 +382,12 @@ def main() -> None:
         help="postgresql://... : run TWO server nodes on this store and --bus; senders "
         "deposit on node A, recipients subscribe on node B (every wake-up crosses the bus)",
     )
+    parser.add_argument(
+        "--profile-rate",
+        type=float,
+        metavar="RATE",
+        help="with --profile: record the latency phase at this offered rate instead",
+    )
     parser.add_argument("--bus", metavar="URL", default="redis://127.0.0.1:6379/0")
     parser.add_argument(
         "--same-node",
@@ -450,7 +425,8 @@ def main() -> None:
                 f"body: {BODY_SIZE} B; senders: {args.processes} proc x {args.connections} "
                 f"conn x {args.in_flight} in flight; {args.recipients} recipient devices"
             )
-            profiler = _start_profiler(server.pid, args.profile, args.duration)
+            profile_saturation = args.profile if args.profile_rate is None else None
+            profiler = _start_profiler(server.pid, profile_saturation, args.duration)
             cpu_before = cpu_seconds(server.pid)
             acked, elapsed = _run_senders(link, recipients, args, None)
             cpu = cpu_seconds(server.pid) - cpu_before
@@ -473,15 +449,19 @@ def main() -> None:
                 )
                 receiver.start()
                 ready.wait(60)
+                profiler = None
+                if args.profile_rate == rate:
+                    profiler = _start_profiler(server.pid, args.profile, args.duration)
                 cpu_before = sum(cpu_seconds(s.pid) for s in servers)
                 acked, elapsed = _run_senders(link, recipients, args, rate)
                 latencies = sorted(out.get())
                 receiver.join()
                 cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
+                _stop_profiler(profiler)
                 print(
                     f"{rate:>10,.0f} {acked / elapsed:>11,.0f} "
-                    f"{_percentile(latencies, 0.50):>8.1f} {_percentile(latencies, 0.99):>8.1f} "
-                    f"{_percentile(latencies, 0.999):>9.1f} {len(latencies):>7} "
+                    f"{percentile(latencies, 0.50):>8.1f} {percentile(latencies, 0.99):>8.1f} "
+                    f"{percentile(latencies, 0.999):>9.1f} {len(latencies):>7} "
                     f"{cpu / max(len(latencies), 1) * 1e6:>7.0f}"
                 )
         finally:

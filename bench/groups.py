@@ -1,15 +1,16 @@
-"""Sending to a group of 1,000 member devices: the first message (key sharing) and the next.
+"""A group of 1,000 member devices, created and used through the real client code path.
 
-See bench/README.md. One ``samizdat server`` process (SQLite) on 127.0.0.1; the sender is a
-real :class:`~samizdat.client.app.Client`; the members are registered devices with real
-vodozemac accounts and sealing keys (real signed one-time keys), driven over raw
-protocol connections so that 1,000 devices fit in one process. A sample of member
-devices then fetches its mailbox and decrypts the room key (Olm) and the message
-(Megolm), to show that what was measured is what members read.
+See bench/README.md. One ``samizdat server`` process (SQLite) on 127.0.0.1; the admin is a
+real :class:`~samizdat.client.app.Client` that runs ``groups.create`` (room keys to every
+device over Olm, then the signed state and every member card once, fanned out), sends
+messages, rotates and adds a member. The members are registered devices with real
+vodozemac accounts and sealing keys (real signed one-time keys), driven over raw protocol
+connections so that 1,000 devices fit in one process. A sample of member devices then
+fetches its mailbox and decrypts everything (Olm room key, Megolm state, messages) to show
+that what was measured is what members read.
 
-What is *not* measured: distributing the group state itself. The sender installs the
-signed state locally (``groups`` would send every member card to every member device,
-which is O(members²) and does not scale to this size yet; see docs/decisions).
+Bytes are the encoded client frames the admin sends (counted around
+``Connection.call_any``), by frame type.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,6 @@ from deposit_delivery import _start_server  # noqa: E402
 from samizdat.client import groups  # noqa: E402
 from samizdat.client.app import Client
 from samizdat.client.connection import Connection, now_ms
-from samizdat.client.devices import ensure_self_token
 from samizdat.client.messaging import (
     auth_proof,
     device_keys,
@@ -47,7 +48,6 @@ from samizdat.protocol import frames
 from samizdat.protocol.control import RoomKey, decode_control, decode_group_box, decode_group_text
 from samizdat.protocol.descriptor import open_descriptor
 from samizdat.protocol.envelope import decode_payload
-from samizdat.protocol.groups import GroupMember, GroupState
 from samizdat.protocol.links import ContactCard, Invite, decode_server_link, encode_invite
 
 PASSPHRASE = "bench"
@@ -103,37 +103,56 @@ async def _register_members(link: str, users: int, per_user: int) -> list[Member
     return members
 
 
-async def _install_group(sender: Client, members: list[Member]) -> str:
-    """Make ``sender`` the admin of a group with every member (state installed locally)."""
+class Uploads:
+    """Bytes of client frames sent, by frame type (bench instrumentation only)."""
+
+    def __init__(self) -> None:
+        self.by_type: Counter[str] = Counter()
+        #: Seconds spent waiting for answers, by frame type (overlapping calls add up).
+        self.waited: defaultdict[str, float] = defaultdict(float)
+        original = Connection.call_any
+
+        async def counting(conn: Connection, frame: frames.ClientFrame) -> frames.ServerFrame:
+            self.by_type[type(frame).__name__] += len(frames.encode(frame))
+            start = time.perf_counter()
+            try:
+                return await original(conn, frame)
+            finally:
+                self.waited[type(frame).__name__] += time.perf_counter() - start
+
+        Connection.call_any = counting  # type: ignore[method-assign,assignment]
+
+    def take(self) -> Counter[str]:
+        out, self.by_type, self.waited = self.by_type, Counter(), defaultdict(float)
+        return out
+
+    def fanout_wait(self) -> float:
+        """Seconds waiting for fan-out answers so far (fan-outs go one at a time)."""
+        return self.waited["Fanout"]
+
+
+def _kib(counts: Counter[str]) -> str:
+    parts = ", ".join(f"{name} {n / 1024:.0f}" for name, n in counts.most_common())
+    return f"{sum(counts.values()) / 1024:.0f} KiB ({parts})"
+
+
+async def _befriend_all(sender: Client, members: list[Member]) -> list[str]:
+    names = []
     for i, member in enumerate(members):
         await sender.add_contact(encode_invite(Invite(version=1, card=member.card)), f"m{i}")
-    self_token = await ensure_self_token(sender)
-    own = ContactCard(
-        devices=sender._identity.devices, server=sender._identity.server, token=self_token
-    )
-    group_id = secrets.token_bytes(16)
-    state = GroupState(
-        group_id=group_id,
-        version=1,
-        name="bench",
-        members=[GroupMember(sender.own_user_key, True)]
-        + [GroupMember(m.user_key.public_bytes) for m in members],
-    )
-    record = groups.GroupRecord(
-        state=groups._sign(sender, state), cards=[own] + [m.card for m in members], name="bench"
-    )
-    with sender._store.locked():
-        groups._save(sender, group_id, record)
-    return "bench"
+        names.append(f"m{i}")
+    return names
 
 
-async def _check_sample(link: str, members: list[Member], texts: list[str], sample: int) -> int:
+async def _check_sample(
+    link: str, members: list[Member], texts: list[str], sample: int, cards: int
+) -> int:
     """Fetch and decrypt the mailbox of ``sample`` member devices; returns devices checked."""
     signed = decode_server_link(link).descriptor
     server_key = open_descriptor(signed, now_ms()).server_key
     checked = 0
     for member in members[:sample]:
-        account, sealing = member.accounts[0], member.sealing[0]
+        account, sealing = member.accounts[-1], member.sealing[-1]
         conn = await Connection.open(signed, server_key)
         try:
             proof = auth_proof(account, server_key, conn.welcome.nonce)
@@ -143,15 +162,21 @@ async def _check_sample(link: str, members: list[Member], texts: list[str], samp
             inbound: dict[str, MegolmInbound] = {}
             sessions: dict[bytes, OlmSession] = {}
             got: list[str] = []
+            seen_cards = 0
             while len(got) < len(texts):
                 deliver = await conn.next_delivery(10.0)
                 if deliver is None:
                     break
+                seq = 0
                 for entry in deliver.entries:
+                    seq = entry.seq
                     box = decode_group_box(entry.body)
                     if box is not None:
                         plaintext, _ = inbound[box.session_id].decrypt(box.megolm)
-                        got.append(decode_group_text(unpad(plaintext)).text)
+                        text = decode_group_text(unpad(plaintext))
+                        if text.state is None and not text.cards:
+                            got.append(text.text)
+                        seen_cards += len(text.cards)
                         continue
                     sealed = open_entry(sealing, entry.body)
                     session = sessions.get(sealed.sender_identity_key)
@@ -167,11 +192,17 @@ async def _check_sample(link: str, members: list[Member], texts: list[str], samp
                     key = decode_control(payload.control)
                     assert isinstance(key, RoomKey)
                     inbound[key.session_id] = MegolmInbound.from_session_key(key.session_key)
+                await conn.call(frames.Ack(rid=0, up_to=seq), frames.Ok)
             assert got == texts, (got, texts)
+            assert seen_cards >= cards, (seen_cards, cards)
             checked += 1
         finally:
             await conn.close()
     return checked
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -180,14 +211,35 @@ async def _main(args: argparse.Namespace) -> None:
         proc, link = _start_server(root / "server", [])
         try:
             t0 = time.perf_counter()
-            members = await _register_members(link, args.users, args.devices_per_user)
+            members = await _register_members(link, args.users + 1, args.devices_per_user)
+            newcomer, members = members[-1], members[:-1]
             setup = time.perf_counter() - t0
             sender = await Client.create(root / "sender", PASSPHRASE, link, "sender")
             try:
-                name = await _install_group(sender, members)
+                names = await _befriend_all(sender, members)
+                newcomer_name = "newcomer"
+                await sender.add_contact(
+                    encode_invite(Invite(version=1, card=newcomer.card)), newcomer_name
+                )
                 print(
                     f"setup: {len(members)} users x {args.devices_per_user} devices registered"
-                    f" in {setup:.1f} s (not part of the figures)"
+                    f" and added as contacts in {setup:.1f} s (not part of the figures)"
+                )
+                uploads = Uploads()
+                db_before = _du(root / "server")
+                start = time.perf_counter()
+                name = await groups.create(sender, "bench", names)
+                created_s = time.perf_counter() - start
+                fanout_s = uploads.fanout_wait()
+                created = uploads.take()
+                db_growth = _du(root / "server") - db_before
+                devices = len(members) * args.devices_per_user
+                print(f"member devices: {devices} (+ the admin's)")
+                print(
+                    f"create (Olm sessions from claimed keys, room key to every device, state"
+                    f" + {len(members) + 1} cards fanned out): {created_s * 1000:.0f} ms;"
+                    f" uploaded {_kib(created)}; server data grew {db_growth / 2**20:.0f} MiB;"
+                    f" {fanout_s * 1000:.0f} ms of it waiting for the state fan-outs to be stored"
                 )
                 texts: list[str] = []
                 rows = []
@@ -195,40 +247,50 @@ async def _main(args: argparse.Namespace) -> None:
                     text = f"message {i}"
                     start = time.perf_counter()
                     stats = await groups.send(sender, name, text)
-                    rows.append((time.perf_counter() - start, stats))
+                    rows.append((time.perf_counter() - start, stats, uploads.take()))
                     texts.append(text)
-                first_s, first = rows[0]
-                print(f"member devices: {first.devices}")
+                first_s, first, first_up = rows[0]
                 print(
-                    f"first message: {first_s * 1000:.0f} ms; room keys to {first.room_keys_sent}"
-                    f" devices ({first.key_bytes / 1024:.0f} KiB of Olm deposits, new sessions"
-                    f" from claimed keys) + {first.message_bytes / 1024:.1f} KiB of fan-out"
+                    f"first message (room keys already shared at create):"
+                    f" {first_s * 1000:.0f} ms; uploaded {_kib(first_up)}"
                 )
                 rest = rows[1:]
                 if rest:
                     times = sorted(r[0] for r in rest)
-                    up = sum(r[1].key_bytes + r[1].message_bytes for r in rest) / len(rest)
+                    up = sum(sum(r[2].values()) for r in rest) / len(rest)
                     print(
                         f"next {len(rest)} messages: median {times[len(times) // 2] * 1000:.1f} ms,"
                         f" max {times[-1] * 1000:.1f} ms; uploaded {up / 1024:.1f} KiB each"
-                        f" (one Megolm body + the recipient list; no key sharing)"
+                        f" (one fanout: one Megolm body + the recipient list)"
                     )
-                # A rotation (as after a removal or 100 messages): new Megolm session, the
-                # Olm sessions with every device already exist.
+                # A rotation (as after a removal or 100 messages): a new Megolm session whose
+                # key goes to every device over the Olm sessions made at create.
                 with sender._store.locked():
                     sender._store.delete("gout", sender._store.get("gname", name) or b"")
                 start = time.perf_counter()
                 stats = await groups.send(sender, name, "after rotation")
                 rotated_s = time.perf_counter() - start
+                rotated_up = uploads.take()
                 texts.append("after rotation")
-                assert stats.rotated
+                assert stats.rotated and stats.room_keys_sent == devices
                 print(
-                    f"first message of a rotated session: {rotated_s * 1000:.0f} ms; room keys"
-                    f" to {stats.room_keys_sent} devices over existing Olm sessions"
-                    f" ({stats.key_bytes / 1024:.0f} KiB) + {stats.message_bytes / 1024:.1f} KiB"
+                    f"first message of a new session (room key to {stats.room_keys_sent} devices"
+                    f" over existing Olm sessions): {rotated_s * 1000:.0f} ms;"
+                    f" uploaded {_kib(rotated_up)}"
                 )
-                checked = await _check_sample(link, members, texts, args.sample)
-                print(f"decrypted by {checked} sampled member devices: all {len(texts)} messages")
+                start = time.perf_counter()
+                await groups.add(sender, name, [newcomer_name])
+                added_s = time.perf_counter() - start
+                print(
+                    f"add one member ({args.devices_per_user} devices): {added_s * 1000:.0f} ms;"
+                    f" uploaded {_kib(uploads.take())} (its card to everyone, every card"
+                    f" to it)"
+                )
+                checked = await _check_sample(link, members, texts, args.sample, len(members))
+                print(
+                    f"decrypted by {checked} sampled member devices: the state with every card"
+                    f" and all {len(texts)} messages"
+                )
             finally:
                 await sender.close()
         finally:

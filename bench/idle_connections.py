@@ -26,7 +26,13 @@ import websockets
 from samizdat.protocol import frames as f
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deposit_delivery import _descriptor, _ssl_context, cpu_seconds  # noqa: E402
+from deposit_delivery import (  # noqa: E402
+    _descriptor,
+    _ssl_context,
+    _start_profiler,
+    _stop_profiler,
+)
+from openloop import cpu_seconds  # noqa: E402
 
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 
@@ -86,6 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="record the server with py-spy while the clients connect (speedscope JSON or, "
+        "for a .txt name, collapsed stacks), for --profile-seconds",
+    )
+    parser.add_argument("--profile-seconds", type=float, default=10.0)
     args = parser.parse_args()
     need = args.connections + 1024
 
@@ -117,9 +130,11 @@ def main() -> None:
                 for i in range(args.processes)
             ]
             start = time.perf_counter()
+            profiler = _start_profiler(server.pid, args.profile, args.profile_seconds - 2)
             for p in procs:
                 p.start()
             results = [done.get() for _ in procs]
+            _stop_profiler(profiler)
             elapsed = time.perf_counter() - start
             cpu = cpu_seconds(server.pid) - cpu_before
             time.sleep(2)  # let the allocator settle

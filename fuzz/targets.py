@@ -16,6 +16,7 @@ import msgspec
 
 from samizdat.errors import DecryptionError, ProtocolError
 from samizdat.protocol import control, frames, links, relay
+from samizdat.protocol.blobs import Attachment, decode_attachment, encode_attachment
 from samizdat.protocol.descriptor import SignedDescriptor, open_descriptor
 from samizdat.protocol.envelope import (
     decode_payload,
@@ -76,6 +77,9 @@ TARGETS: dict[str, Target] = {
     "payload": Target(decode_payload, (DecryptionError,)),
     "control": Target(control.decode_control, (ProtocolError, DecryptionError)),
     "group_box": Target(control.decode_group_box, (ProtocolError, DecryptionError)),
+    # An attachment pointer, inside a decrypted payload (H6A; blob frames are fuzzed as
+    # client and server frames). Its documented error is msgspec's DecodeError.
+    "attachment": Target(decode_attachment, (msgspec.DecodeError,)),
 }
 
 
@@ -109,5 +113,19 @@ def seeds(name: str, count: int = 20) -> list[bytes]:
                 b"GET / HTTP/1.0\r\n\r\n",
             ],
             "relay_proof": lambda: [b"A" * 128],
+            "attachment": lambda: [
+                encode_attachment(
+                    Attachment(
+                        blob_id=bytes(16),
+                        secret=bytes(32),
+                        key=bytes(32),
+                        sha256=bytes(32),
+                        size=1234,
+                        server=s.signed_descriptors().example(),
+                        name="photo.jpg",
+                        media_type="image/jpeg",
+                    )
+                )
+            ],
         }
         return table.get(name, lambda: [b""])()

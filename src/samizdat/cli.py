@@ -17,13 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from samizdat import __version__, cli_reach, cli_relay
+from samizdat import __version__, cli_actions, cli_files, cli_reach, cli_relay, cli_ui
 from samizdat.cli_common import home as _home
 from samizdat.cli_common import out as _out
 from samizdat.cli_common import passphrase as _passphrase
-from samizdat.cli_extra import _cmd_group_history, add_extension_commands
+from samizdat.cli_extra import add_extension_commands
 from samizdat.cli_reach import open_client as _open
-from samizdat.client import groups, verification
+from samizdat.client import groups, timers, verification
 from samizdat.client.app import Client
 from samizdat.crypto.safety import format_safety_number
 from samizdat.errors import ConnectError, SamizdatError
@@ -79,6 +79,11 @@ async def _cmd_add(args: argparse.Namespace) -> int:
 
 
 async def _cmd_send(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        _out(await cli_files.send_file(args))
+        return 0
+    if args.text is None:
+        raise _UsageError("send needs TEXT or --file PATH")
     async with await _open(args) as client:
         if args.group:
             msg_id = (await groups.send(client, args.name, args.text)).msg_id
@@ -94,7 +99,8 @@ async def _cmd_send(args: argparse.Namespace) -> int:
 
 
 async def _cmd_listen(args: argparse.Namespace) -> int:
-    async with await _open(args) as client:
+    # Disappearing messages are deleted every second while listening (client/timers.py).
+    async with await _open(args) as client, timers.sweeping(client):
         async for message in client.listen(count=args.count, timeout=args.timeout):
             if args.json:
                 _out(
@@ -106,19 +112,22 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
                             "sent_at": message.sent_at,
                             "request": message.request,
                             "group": message.group,
+                            "attachment": cli_files.as_json(message.attachment),
                         }
                     )
                 )
             else:
                 mark = " (request: `samizdat accept NAME` to accept)" if message.request else ""
                 where = f"[{message.group}] " if message.group else ""
-                _out(f"{where}{message.sender}: {message.text}{mark}")
+                file = f" {cli_files.describe(message.attachment)}" if message.attachment else ""
+                _out(f"{where}{message.sender}: {message.text}{file}{mark}")
     return 0
 
 
 async def _cmd_history(args: argparse.Namespace) -> int:
-    if args.group:
-        return await _cmd_group_history(args)
+    if args.group or not args.plain:
+        # Replies, reactions, edits, deletions and receipts applied (cli_actions.py).
+        return await cli_actions.cmd_history(args)
     async with await _open(args) as client:
         items = client.history(args.name)
     if args.json:
@@ -129,6 +138,7 @@ async def _cmd_history(args: argparse.Namespace) -> int:
                 "id": i.id,
                 "sent_at": i.sent_at,
                 "received_at": i.received_at,
+                "attachment": cli_files.as_json(i.attachment),
             }
             for i in items
         ]
@@ -136,7 +146,8 @@ async def _cmd_history(args: argparse.Namespace) -> int:
         return 0
     for item in items:
         who = "me" if item.direction == "out" else args.name
-        _out(f"{who}: {item.text}")
+        file = f" {cli_files.describe(item.attachment)} id {item.id}" if item.attachment else ""
+        _out(f"{who}: {item.text}{file}")
     return 0
 
 
@@ -197,6 +208,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
         config = replace(config, max_mailbox_entries=args.max_mailbox_entries)
     if args.mailbox_ttl_days is not None:
         config = replace(config, mailbox_ttl_days=args.mailbox_ttl_days)
+    if args.blob_quota is not None:
+        config = replace(config, blob_quota_bytes=args.blob_quota)
     # Scale-out (docs/scaling.md): shared store, bus, identity and the cluster's endpoints.
     config = replace(
         config,
@@ -232,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     add_extension_commands(sub)
+    cli_ui.add_commands(sub)
+    cli_files.add_commands(sub)
+    cli_actions.add_commands(sub)
     return parser
 
 
@@ -256,6 +272,13 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DAYS",
         help="delete entries nobody fetched within DAYS (default 30)",
+    )
+    p.add_argument(
+        "--blob-quota",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="attachment bytes one device may keep on this server (default 1 GiB)",
     )
     p.add_argument(
         "--store", default=None, metavar="URL", help="postgresql://... (default: SQLite)"
@@ -322,8 +345,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("send", help="send a message; exits 0 once it is stored on their server")
     p.add_argument("name")
-    p.add_argument("text")
+    p.add_argument("text", nargs="?", default=None, help="the message (a caption with --file)")
     p.add_argument("--group", action="store_true", help="NAME is a group")
+    p.add_argument("--file", default=None, metavar="PATH", help="send a file (up to 100 MiB)")
     p.set_defaults(handler=_cmd_send)
 
     p = sub.add_parser("listen", help="print messages as they arrive")
@@ -338,6 +362,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--group", action="store_true", help="NAME is a group")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--plain", action="store_true", help="messages as stored, no actions applied")
     p.set_defaults(handler=_cmd_history)
 
     p = sub.add_parser("safety-number", help="show the safety number with a contact")

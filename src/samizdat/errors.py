@@ -48,6 +48,8 @@ class ErrorCode(StrEnum):
     REPLACED = "replaced"
     CONFLICT = "conflict"
     INTERNAL = "internal"
+    #: No readable blob under this id and secret (protocol §5.3.11).
+    NOT_FOUND = "not_found"
 
 
 class SamizdatError(Exception):

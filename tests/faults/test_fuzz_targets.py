@@ -19,7 +19,9 @@ def test_random_bytes_raise_only_documented_errors(name: str, data: bytes) -> No
         pass
 
 
-@pytest.mark.parametrize("name", ["client_frame", "server_frame", "sealed", "payload"])
+@pytest.mark.parametrize(
+    "name", ["client_frame", "server_frame", "sealed", "payload", "attachment"]
+)
 def test_seeds_are_valid_inputs(name: str) -> None:
     for seed in seeds(name, count=3):
         TARGETS[name].run(seed)  # raises if the seed is not a valid encoding

@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,10 @@ from samizdat.errors import RemoteError
 from samizdat.transport.dial import TransportOptions
 from tests.e2e.harness import PASSPHRASE, ServerProcess
 
-__all__ = ["Outcome", "classify", "run_workload", "stamp"]
+__all__ = ["Inject", "Outcome", "classify", "run_workload", "stamp"]
+
+#: One fault for the workload to inject (the k-th); returns its kind, for the report.
+Inject = Callable[[int], Awaitable[str]]
 
 
 def stamp(sender: int, seq: int) -> str:
@@ -66,6 +69,8 @@ class Outcome:
     order_violations: int = 0
     retried: int = 0  # the first send failed; the outbox got it through later
     kills: int = 0
+    #: Faults injected, by kind (a single server's run has only "kill").
+    faults: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -81,6 +86,7 @@ class Outcome:
             f"recovered={self.recovered} retried={self.retried} "
             f"order_violations={self.order_violations} "
             f"kills={self.kills} seconds={self.seconds:.1f}"
+            + "".join(f" {k}={n}" for k, n in sorted(self.faults.items()) if k != "kill")
         )
 
 
@@ -193,11 +199,18 @@ async def run_workload(
     transport: TransportOptions | None = None,
     settle: float = 60.0,
     progress: Callable[[str], None] | None = None,
+    inject: Inject | None = None,
+    links: Sequence[str] = (),
 ) -> Outcome:
-    """Run the workload against an already started ``server``; returns the classification."""
+    """Run the workload against an already started ``server``; returns the classification.
+
+    ``inject`` replaces "SIGKILL ``server`` and start it again" as the fault; ``links``
+    spreads the pairs' home servers over several nodes (default: ``server.link``).
+    """
     rng = random.Random(seed)
     started = time.monotonic()
-    clients = [await _pair(root, server.link, i, transport) for i in range(pairs)]
+    homes = list(links) or [server.link]
+    clients = [await _pair(root, homes[i % len(homes)], i, transport) for i in range(pairs)]
     attempted: set[tuple[int, int]] = set()
     acked: set[tuple[int, int]] = set()
     retried: set[tuple[int, int]] = set()
@@ -224,6 +237,7 @@ async def run_workload(
         rng.randrange(messages // 20, max(messages * 19 // 20, 2)) for _ in range(kills)
     )
     killed = 0
+    faults: dict[str, int] = {}
 
     async def killer() -> None:
         nonlocal killed
@@ -231,11 +245,16 @@ async def run_workload(
             while done < threshold:  # noqa: ASYNC110 - polling a counter is simplest here
                 await asyncio.sleep(0.005)
             await asyncio.sleep(rng.uniform(0, 0.05))
-            server.kill()
+            if inject is None:
+                server.kill()
+                await asyncio.to_thread(server.start)
+                kind = "kill"
+            else:
+                kind = await inject(killed)
+            faults[kind] = faults.get(kind, 0) + 1
             killed += 1
-            await asyncio.to_thread(server.start)
             if progress:
-                progress(f"kill {killed}/{kills} after {done} messages")
+                progress(f"fault {killed}/{kills} ({kind}) after {done} messages")
 
     try:
         kill_task = asyncio.create_task(killer())
@@ -258,5 +277,6 @@ async def run_workload(
     out = classify(attempted, acked, received)
     out.retried = len(retried)
     out.kills = killed
+    out.faults = faults
     out.seconds = time.monotonic() - started
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from samizdat.crypto.megolm import MegolmInbound
 from samizdat.crypto.padding import unpad
 from samizdat.errors import DecryptionError, LocalError, ServerRefused
 from samizdat.protocol.control import decode_group_box, decode_group_text
+from samizdat.protocol.groups import decode_group_state
 from tests.e2e.harness import PASSPHRASE, ServerProcess, scan_for
 from tests.groups.helpers import befriend, drain, link, new_user
 
@@ -131,7 +133,10 @@ async def test_new_member_reads_nothing_earlier_removed_member_nothing_later(
     await _drain_all(team)
     assert not [g for g in groups.list_groups(dan) if g.active]
     after = await groups.send(ann, "club", "after dan left")
-    assert after.rotated
+    # The removal itself went out in a new Megolm session (dan's devices held the old one).
+    after_box, eve_box = decode_group_box(after.body), decode_group_box(with_eve.body)
+    assert after_box is not None and eve_box is not None
+    assert after_box.session_id != eve_box.session_id
     got = await _drain_all(team)
     assert got["dan"] == []
     assert got["cid"] == [("club", "ann", "after dan left")]
@@ -146,6 +151,13 @@ async def test_new_member_reads_nothing_earlier_removed_member_nothing_later(
             _try_open(dan, after.body)
     finally:
         await copy.close()
+    # Added back, dan gets the state and every card again, and reads what comes next.
+    await groups.add(ann, "club", ["dan"])
+    await _drain_all(team)
+    assert [g.name for g in groups.list_groups(dan) if g.active] == ["club"]
+    await groups.send(ann, "club", "dan is back")
+    got = await _drain_all(team)
+    assert got["dan"] == [("club", "ann", "dan is back")]
 
 
 async def test_server_database_holds_no_group_name_members_or_text(
@@ -155,18 +167,27 @@ async def test_server_database_holds_no_group_name_members_or_text(
     await groups.create(ann, "SECRET-GROUP-NAME-42", ["bea", "cid"])
     await groups.send(ann, "SECRET-GROUP-NAME-42", "SECRET-GROUP-TEXT-17")
     await groups.rename(ann, "SECRET-GROUP-NAME-42", "SECRET-RENAMED-99")
+    group_id = ann._store.get("gname", "SECRET-RENAMED-99")
+    record = groups._load(ann, group_id or b"")
+    assert group_id is not None and record is not None
     # Before anyone reads (and the server deletes), everything is in its files.
     server.stop()
     markers = [b"SECRET-GROUP-NAME-42", b"SECRET-GROUP-TEXT-17", b"SECRET-RENAMED-99"]
+    # Nor the group's id, nor its member list (the signed state's members, in order).
+    members = msgspec.msgpack.encode(decode_group_state(record.state).members)
+    markers += [group_id, members[1:]]
     assert scan_for(server.data_dir, markers) == []
-    # The scan looked at real data: the fanned-out message is stored for every member
-    # device but the sender's (bea, cid, bea's and ann's laptops), as one body each.
+    # The scan looked at real data: the state at creation, the message and the renamed
+    # state are each fanned out to every member device but the sender's (bea, cid, bea's
+    # and ann's laptops), one stored body per device.
     bodies: list[bytes] = []
     for path in server.data_dir.glob("*.db"):
         with contextlib.closing(sqlite3.connect(path)) as db:
-            bodies += [bytes(r[0]) for r in db.execute("SELECT body FROM mailbox_entries")]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            if "mailbox_entries" in tables:
+                bodies += [bytes(r[0]) for r in db.execute("SELECT body FROM mailbox_entries")]
     boxes = [b for b in bodies if decode_group_box(b) is not None]
-    assert len(boxes) == 4 and len(set(boxes)) == 1
+    assert len(boxes) == 12 and sorted(Counter(boxes).values()) == [4, 4, 4]
 
 
 def _try_open(client: Client, body: bytes) -> str:

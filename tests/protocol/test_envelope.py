@@ -63,6 +63,8 @@ def test_wire_layouts() -> None:
         "text": "hi",
         "card": None,
         "control": None,
+        "action": None,
+        "attachment": None,
     }
 
 

@@ -23,9 +23,13 @@ CLIENT_LAYOUT: dict[str, set[str]] = {
     "add_token": {"rid", "token"},
     "revoke_token": {"rid", "token"},
     "deposit": {"rid", "token", "envelopes"},
-    "fanout": {"rid", "msg_id", "body", "targets"},
+    "fanout": {"rid", "msg_id", "body", "targets", "expires_at"},
     "subscribe": {"rid", "after"},
     "ack": {"rid", "up_to"},
+    "blob_open": {"rid", "blob_id", "size", "read_hash", "ttl_ms"},
+    "blob_write": {"rid", "blob_id", "offset", "data"},
+    "blob_read": {"rid", "blob_id", "secret", "offset"},
+    "blob_delete": {"rid", "blob_id"},
 }
 SERVER_LAYOUT: dict[str, set[str]] = {
     "welcome": {"version", "nonce", "descriptor", "server_time", "limits"},
@@ -36,6 +40,8 @@ SERVER_LAYOUT: dict[str, set[str]] = {
     "ok": {"rid"},
     "error": {"rid", "code", "message"},
     "descriptor": {"descriptor"},
+    "blob_status": {"rid", "size", "received", "expires_at"},
+    "blob_data": {"rid", "offset", "size", "data"},
 }
 
 # Arbitrary msgpack values, to reach the decoder past the outer map with plausible shapes.

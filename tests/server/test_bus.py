@@ -21,11 +21,16 @@ async def test_publish_wakes_subscribers_of_that_device_only() -> None:
     await bus.close()
 
 
-async def test_full_queue_drops_but_still_wakes() -> None:
-    bus = LocalBus(queue_size=2)
+async def test_news_coalesce_into_one_wake_up() -> None:
+    bus = LocalBus()
     sub = bus.subscribe(b"d" * 16)
-    for seq in range(1, 6):
+    for seq in (1, 2, 5, 3, 4):
         await bus.publish(b"d" * 16, seq)
     # One wake-up is enough: the consumer fetches everything after its cursor.
-    assert await sub.wait() == 2
+    assert await sub.wait() == 5
     assert "pending=0" in repr(sub)
+    waiter = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()  # nothing new since
+    await bus.publish(b"d" * 16, 6)
+    assert await asyncio.wait_for(waiter, 1) == 6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio.sslproto
+import ssl
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from samizdat.errors import LocalError
 from samizdat.server.app import RunningServer, ServerConfig, make_store
 from samizdat.server.store.postgres import PostgresStore
 from samizdat.server.store.sqlite import SqliteStore
-from samizdat.server.tuning import TLS_READ_BUFFER
+from samizdat.server.tuning import TLS_READ_BUFFER, shared_tls_buffer
 
 
 def test_store_url_selects_the_backend(tmp_path: Path) -> None:
@@ -51,7 +52,21 @@ def test_cli_scale_out_options() -> None:
     assert args.endpoint == ["wss://127.0.0.1:1/v1/ws", "wss://127.0.0.1:2/v1/ws"]
 
 
-async def test_server_shrinks_the_tls_read_buffer(server: RunningServer) -> None:
-    # 256 KiB per connection by default: most of an idle connection's memory (tuning.py).
-    assert asyncio.sslproto.SSLProtocol.max_size == TLS_READ_BUFFER
-    assert TLS_READ_BUFFER >= 16 * 1024 + 256  # still one whole TLS record
+async def test_tls_connections_share_one_read_buffer(server: RunningServer) -> None:
+    # A read buffer per connection was most of an idle connection's memory (tuning.py).
+    # The patch is process-wide, so this process's own client connections show it.
+    assert asyncio.sslproto.SSLProtocol.max_size >= TLS_READ_BUFFER
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    writers = []
+    for _ in range(2):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=ctx)
+        writers.append(writer)
+    try:
+        buffers = [w.transport._ssl_protocol._ssl_buffer for w in writers]  # type: ignore[attr-defined]
+        assert buffers[0] is buffers[1] is shared_tls_buffer(TLS_READ_BUFFER)[0]
+        assert len(buffers[0]) >= asyncio.sslproto.SSLProtocol.max_size
+    finally:
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()

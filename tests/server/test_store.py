@@ -88,6 +88,26 @@ async def test_expire_drops_only_entries_past_their_time_to_live(
     assert await store.last_seq(old) == 3
 
 
+async def test_expire_timed_drops_entries_at_their_own_expiry(make_store: StoreFactory) -> None:
+    """Disappearing messages (protocol §6.2): an envelope's expiry deletes it, and only it."""
+    store = await make_store()
+    dev = os.urandom(16)
+    timed = [
+        DepositItem(dev, n.to_bytes(16, "big"), b"timed", expires_at=NOW_MS + 1_000 * n)
+        for n in (1, 2)
+    ]
+    await store.deposit([item(dev, 9), *timed], NOW_MS)
+    assert await store.expire_timed(NOW_MS) == 0
+    assert await store.expire_timed(NOW_MS + 1_000) == 1
+    left = [e.msg_id for e in await store.fetch(dev, 0, 10)]
+    assert left == [item(dev, 9).msg_id, timed[1].msg_id]
+    assert await store.expire_timed(NOW_MS + 10_000) == 1
+    assert [e.msg_id for e in await store.fetch(dev, 0, 10)] == [item(dev, 9).msg_id]
+    assert await store.mailbox_size(dev) == 1
+    # A retry of an expired envelope is still a duplicate, not a new copy.
+    assert (await store.deposit([timed[0]], NOW_MS + 20_000)).duplicates == 1
+
+
 async def test_seq_never_reused(make_store: StoreFactory) -> None:
     store = await make_store()
     dev = os.urandom(16)
@@ -134,6 +154,20 @@ async def test_claim_is_atomic_then_fallback(make_store: StoreFactory) -> None:
     assert sorted(k.key_id for k in one_time) == sorted(k.key_id for k in keys)
     assert len(fallback) == 50 and {k.key_id for k in fallback} == {"fb"}
     assert (await store.key_counts(dev.device_id)).one_time_keys == 0
+
+
+async def test_a_fallback_only_claim_leaves_the_one_time_keys(make_store: StoreFactory) -> None:
+    store = await make_store()
+    user = User.generate()
+    await register(store, user)
+    dev = user.devices[0]
+    assert await store.claim_key(dev.device_id, one_time=False) is None
+    await store.add_one_time_keys(
+        dev.device_id, [dev.signed_key("a0")], dev.signed_key("fb", fallback=True)
+    )
+    key = await store.claim_key(dev.device_id, one_time=False)
+    assert key is not None and (key.key_id, key.fallback) == ("fb", True)
+    assert (await store.key_counts(dev.device_id)).one_time_keys == 1
 
 
 async def test_claim_without_keys(make_store: StoreFactory) -> None:

@@ -21,20 +21,23 @@ import functools
 import logging
 import re
 import secrets
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import msgspec
 
+from samizdat.client import actions as message_actions
+from samizdat.client import attachments, group_inbox, msgstate, reach, relays, verification
 from samizdat.client import devices as linked
-from samizdat.client import group_inbox, reach, relays, verification
 from samizdat.client import records as rec
+from samizdat.client.attachments import AttachmentInfo
 from samizdat.client.connection import Connection, now_ms
 from samizdat.client.dispatch import on_control
 from samizdat.client.messaging import (
     auth_proof,
+    decrypt_olm,
     device_keys,
     open_entry,
     seal_to_device,
@@ -60,6 +63,8 @@ from samizdat.errors import (
     ServerRefused,
 )
 from samizdat.protocol import frames, limits
+from samizdat.protocol.actions import MessageAction
+from samizdat.protocol.blobs import Attachment
 from samizdat.protocol.control import decode_group_box
 from samizdat.protocol.descriptor import SignedDescriptor, open_descriptor
 from samizdat.protocol.envelope import Payload, PayloadKind, decode_payload, encode_struct
@@ -103,6 +108,8 @@ class Received:
     request: bool
     #: The group's local name for a group message (client/groups.py), else None.
     group: str | None = None
+    #: The file this message carries; fetch it with ``attachments.download(client, id)``.
+    attachment: AttachmentInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,8 @@ class HistoryItem:
     id: str = field(repr=False)
     sent_at: int = 0
     received_at: int = 0
+    #: The file this message carries (client/attachments.py), if any.
+    attachment: AttachmentInfo | None = None
 
 
 def _check_name(name: str) -> str:
@@ -154,6 +163,9 @@ class Client:
         self._last_sent: dict[str, bytes] = {}
         #: An open `devices link` (client/devices.py), in memory only.
         self._link_offer: linked.LinkOffer | None = None
+        #: Called after ``listen`` stored a batch of entries, shown or not (a reaction, an
+        #: edit, a receipt): the browser UI (web/service.py) refreshes what it shows.
+        self.on_stored: Callable[[], object] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -487,6 +499,7 @@ class Client:
                 id=r.msg_id.hex(),
                 sent_at=r.sent_at,
                 received_at=r.received_at,
+                attachment=attachments.stored_summary(self._store, r.msg_id),
             )
             for r in (
                 rec.decode(v, HistoryRecord) for v in self._store.read_log("history", contact.cid)
@@ -497,8 +510,15 @@ class Client:
 
     # -- sending ---------------------------------------------------------------------
 
-    async def send(self, name: str, text: str) -> str:
-        """Send ``text`` to every device of ``name``; returns the message id (hex).
+    async def send(
+        self,
+        name: str,
+        text: str,
+        attachment: Attachment | None = None,
+        action: MessageAction | None = None,
+    ) -> str:
+        """Send ``text`` (and an uploaded file, client/attachments.py) to every device of
+        ``name``; returns the message id (hex).
 
         Returns only once the recipient's server answered ``DepositOk`` (durable).
 
@@ -511,12 +531,23 @@ class Client:
         if contact.state == ContactState.BLOCKED:
             raise LocalError("this contact is blocked")
         verification.check_can_send(contact)
+        conv = msgstate.contact_conv(contact.cid)
+        # A reply, and the expiry the conversation's timer gives (client/actions.py).
+        action = msgstate.stamp(self, conv, action)
         card = None if contact.answered else await self._card_for(contact)
         msg_id = secrets.token_bytes(16)
         sent_at = now_ms()
         payload = Payload(
-            msg_id=msg_id, sent_at=sent_at, kind=PayloadKind.TEXT, text=text, card=card
+            msg_id=msg_id,
+            sent_at=sent_at,
+            kind=PayloadKind.TEXT,
+            text=text,
+            card=card,
+            attachment=attachment,
+            action=action,
         )
+        if attachment is not None:
+            attachments.remember(self._store, msg_id, attachment)
         padded = pad(encode_struct(payload))
         devices = decode_device_list(contact.devices).devices
         claimed: dict[bytes, bytes] = {}
@@ -539,7 +570,10 @@ class Client:
                 body = seal_to_device(device, account.identity_key, olm_type, olm)
                 envelopes.append(
                     frames.Envelope(
-                        device_id=device.device_id, msg_id=secrets.token_bytes(16), body=body
+                        device_id=device.device_id,
+                        msg_id=secrets.token_bytes(16),
+                        body=body,
+                        expires_at=None if action is None else action.expires_at,
                     )
                 )
             item = OutboxItem(
@@ -553,11 +587,12 @@ class Client:
                 sent_at=sent_at,
             )
             self._store.put("outbox", msg_id, rec.encode(item))
+            message_actions.on_sent(self, conv.key, msg_id, sent_at, action, text)
         # Older undelivered messages to this contact go first; on failure this one stays
         # queued behind them and the next send (or a retry) delivers them in order.
         await self._flush_outbox(contact.cid)
         self._last_sent[contact.name] = envelopes[0].body
-        await linked.copy_to_own_devices(self, contact.user_key, msg_id, sent_at, text)
+        await linked.copy_to_own_devices(self, contact.user_key, msg_id, sent_at, text, action)
         return msg_id.hex()
 
     async def _card_for(self, contact: Contact) -> ContactCard:
@@ -735,6 +770,10 @@ class Client:
             if last:
                 with contextlib.suppress(RemoteError):
                     await conn.call(frames.Ack(rid=0, up_to=last), frames.Ok)
+                # Delivery receipts for what was stored; expired messages go (§6.2).
+                await message_actions.after_batch(self)
+                if self.on_stored is not None:
+                    self.on_stored()
             for received in batch:
                 yielded += 1
                 yield received
@@ -768,27 +807,15 @@ class Client:
         sealed = open_entry(self._sealing, entry.body)
         sender_key = sealed.sender_identity_key
         sessions = self._load_sessions(sender_key)
-        plaintext: bytes | None = None
-        for i, session in enumerate(sessions):
-            if sealed.olm_type == 0 and not session.matches(sealed.olm_type, sealed.olm):
-                continue
-            try:
-                plaintext = session.decrypt(sealed.olm_type, sealed.olm)
-            except DecryptionError:
-                continue
-            sessions.insert(0, sessions.pop(i))
-            break
-        if plaintext is None:
-            account = self._load_account()
-            session, plaintext = account.create_inbound_session(
-                sender_key, sealed.olm_type, sealed.olm
-            )
-            sessions.insert(0, session)
-            self._save_account(account)
+        plaintext = decrypt_olm(sessions, sealed, self._load_account, self._save_account)
         self._save_sessions(sender_key, sessions)
         payload = decode_payload(unpad(plaintext))
         if payload.kind == PayloadKind.CONTROL and payload.control is not None:
             on_control(self, sender_key, payload.control)
+            return None
+        if payload.action is not None and payload.action.receipt is not None:
+            # Receipts also come from group members who are not contacts.
+            message_actions.on_receipt(self, sender_key, payload)
             return None
         contact = self._sender(sender_key, payload)
         if contact is None or contact.state == ContactState.BLOCKED:
@@ -800,6 +827,10 @@ class Client:
         if self._store.get("seen", seen) is not None:
             return None
         self._store.put("seen", seen, b"")
+        if not message_actions.on_message(self, contact, payload):
+            return None  # a reaction, edit, deletion or timer change, or already expired
+        if payload.attachment is not None:
+            attachments.remember(self._store, payload.msg_id, payload.attachment)
         self._store.append(
             "history",
             contact.cid,
@@ -819,6 +850,7 @@ class Client:
             id=payload.msg_id.hex(),
             sent_at=payload.sent_at,
             request=contact.state == ContactState.REQUEST,
+            attachment=attachments.summary(payload.attachment) if payload.attachment else None,
         )
 
     def _sender(self, sender_key: bytes, payload: Payload) -> Contact | None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from samizdat.client import records as rec
+from samizdat.client.actions import on_sent_copy
 from samizdat.client.connection import Connection, now_ms
 from samizdat.client.messaging import (
     auth_proof,
@@ -45,10 +46,12 @@ from samizdat.client.messaging import (
     sign_one_time_key,
     verify_card,
 )
+from samizdat.client.msgstate import contact_conv, lasting
 from samizdat.client.peers import (
     Peer,
     call_own,
     control_payload,
+    current_devices,
     own_peer,
     peer_from_contact,
     remember_devices,
@@ -63,6 +66,7 @@ from samizdat.crypto.sealing import SealingKey
 from samizdat.crypto.signing import SigningKey
 from samizdat.errors import ConnectError, DecryptionError, LocalError, NotFound, RemoteError
 from samizdat.protocol import frames
+from samizdat.protocol.actions import MessageAction, check_action
 from samizdat.protocol.control import (
     DeviceListUpdate,
     LinkCode,
@@ -347,15 +351,24 @@ async def broadcast_devices(client: Client) -> None:
 
 
 async def copy_to_own_devices(
-    client: Client, peer_user_key: bytes, msg_id: bytes, sent_at: int, text: str
+    client: Client,
+    peer_user_key: bytes,
+    msg_id: bytes,
+    sent_at: int,
+    text: str,
+    action: MessageAction | None = None,
 ) -> None:
-    """Send a 1:1 message we sent to our other devices, so it shows there too."""
+    """Send a 1:1 message (or action, client/actions.py) we sent to our other devices."""
     own = own_peer(client)
     if own is None or len(decode_device_list(client._identity.devices).devices) < 2:
         return
-    copy = SentCopy(peer=peer_user_key, msg_id=msg_id, sent_at=sent_at, text=text)
+    copy = SentCopy(peer=peer_user_key, msg_id=msg_id, sent_at=sent_at, text=text, action=action)
+    # A disappearing message's copies disappear from the server at the same time.
+    expires_at = None if action is None else action.expires_at
     with contextlib.suppress(RemoteError):
-        await send_controls(client, own, [copy])
+        await send_payloads(
+            client, own, current_devices(client, own), [control_payload(copy)], expires_at
+        )
 
 
 def is_own_device(client: Client, identity_key: bytes) -> bool:
@@ -386,6 +399,10 @@ def on_own_payload(client: Client, sender_key: bytes, copy: SentCopy) -> None:
     if client._store.get("seen", seen) is not None:
         return
     client._store.put("seen", seen, b"")
+    if copy.action is not None:
+        check_action(copy.action)
+    if not on_sent_copy(client, cid, copy):
+        return  # an action, not a message (or one that already expired)
     client._store.append(
         "history",
         cid,
@@ -425,6 +442,8 @@ def _sync_items(client: Client) -> list[SyncItem]:
             rec.decode(v, rec.HistoryRecord) for v in client._store.read_log("history", c.cid)
         ]
         for h in logged[-HISTORY_SYNC_LIMIT:]:
+            if not lasting(client, contact_conv(c.cid), h.msg_id):
+                continue  # a disappearing message is not copied to a new device
             history.append(
                 SyncHistory(
                     peer=c.user_key,

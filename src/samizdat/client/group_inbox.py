@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from samizdat.client.actions import on_group_text
 from samizdat.client.connection import now_ms
 from samizdat.client.groups import (
     GroupRecord,
@@ -27,12 +28,14 @@ from samizdat.client.groups import (
     _unique_group_name,
 )
 from samizdat.client.messaging import verify_card
+from samizdat.client.msgstate import group_conv, lasting
 from samizdat.client.peers import Peer, current_devices, remember_devices
 from samizdat.crypto.megolm import MegolmInbound
 from samizdat.crypto.padding import unpad
 from samizdat.errors import DecryptionError, ProtocolError, RemoteError
 from samizdat.protocol.control import (
     GroupBox,
+    GroupText,
     GroupUpdate,
     RoomKey,
     SyncGroup,
@@ -44,6 +47,8 @@ from samizdat.protocol.links import ContactCard
 
 if TYPE_CHECKING:
     from samizdat.client.app import Client, Received
+    from samizdat.client.attachments import AttachmentInfo
+    from samizdat.protocol.blobs import Attachment
 
 __all__ = [
     "on_group_update",
@@ -56,6 +61,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Room keys held for groups (or senders) we do not know yet.
+_MAX_PENDING_KEYS = 256
+#: A synced group entry's size; below the sync message budget of client/devices.py.
+_SYNC_GROUP_BYTES = 38_000
 
 
 # -- receiving ---------------------------------------------------------------------------
@@ -137,14 +147,11 @@ def on_group_update(client: Client, sender_key: bytes, update: GroupUpdate) -> N
 
 def on_room_key(client: Client, sender_key: bytes, key: RoomKey) -> None:
     record = _load(client, key.group_id)
-    if record is None or record.gone:
-        log.info("dropped a room key for a group we are not in")
-        return
-    sender = _sender_user(client, record, sender_key)
-    state = decode_group_state(record.state)
-    if sender is None or state.member(sender) is None:
-        log.info("dropped a room key from a non-member")
-        return
+    sender = b""  # not known yet: the key may come before the state (see _hold_pending)
+    if record is not None and not record.gone:
+        user = _sender_user(client, record, sender_key)
+        if user is not None and decode_group_state(record.state).member(user) is not None:
+            sender = user
     try:
         inbound = MegolmInbound.from_session_key(key.session_key)
     except DecryptionError:
@@ -160,6 +167,8 @@ def on_room_key(client: Client, sender_key: bytes, key: RoomKey) -> None:
             current = MegolmInbound.from_pickle(held.pickle, client._store.pickle_key)
             if current.first_known_index <= inbound.first_known_index:
                 return
+        if not sender:
+            _hold_pending(client, key.session_id)
         client._store.put(
             "gin",
             key.session_id,
@@ -174,6 +183,54 @@ def on_room_key(client: Client, sender_key: bytes, key: RoomKey) -> None:
         )
 
 
+def _hold_pending(client: Client, session_id: str) -> None:
+    """Remember a key not yet bound to a member; the oldest beyond the cap are dropped.
+
+    A group's state arrives in the Megolm session of the member who made the change, so its
+    room key comes first, from a device we cannot yet tie to a member (an invitation, or a
+    member added since our last state). The cap bounds what a stranger can make us store.
+    """
+    raw = client._store.get("gpend", "")
+    held = [] if raw is None else msgspec.msgpack.decode(raw, type=list[str])
+    held = [s for s in held if s != session_id] + [session_id]
+    for old in held[:-_MAX_PENDING_KEYS]:
+        stale = client._store.get("gin", old)
+        if stale is not None and not msgspec.msgpack.decode(stale, type=InboundRecord).sender_user:
+            client._store.delete("gin", old)
+    client._store.put("gpend", "", msgspec.msgpack.encode(held[-_MAX_PENDING_KEYS:]))
+
+
+def _bind_sender(client: Client, session_id: str, held: InboundRecord) -> InboundRecord | None:
+    """The session's record with its sender's user, once that sender is a known member."""
+    if held.sender_user:
+        return held
+    record = _load(client, held.group_id)
+    if record is None or record.gone:
+        return None
+    sender = _sender_user(client, record, held.sender_identity)
+    if sender is None or decode_group_state(record.state).member(sender) is None:
+        return None
+    bound = msgspec.structs.replace(held, sender_user=sender)
+    client._store.put("gin", session_id, msgspec.msgpack.encode(bound))
+    return bound
+
+
+def _on_state_text(client: Client, held: InboundRecord, text: GroupText) -> None:
+    """A state change or cards in a member's Megolm session: applied like a GroupUpdate."""
+    state = text.state
+    if state is None:
+        record = _load(client, held.group_id)
+        if record is None:
+            return
+        state = record.state
+    cards = [
+        ContactCard(devices=c.devices, server=text.servers[c.server], token=c.token, name=c.name)
+        for c in text.cards
+        if c.server < len(text.servers)
+    ]
+    on_group_update(client, held.sender_identity, GroupUpdate(state=state, cards=cards))
+
+
 def on_group_box(client: Client, box: GroupBox) -> Received | None:
     """Decrypt a fanned-out group message (called with the store locked)."""
     from samizdat.client.app import Received
@@ -186,14 +243,28 @@ def on_group_box(client: Client, box: GroupBox) -> Received | None:
     inbound = MegolmInbound.from_pickle(held.pickle, client._store.pickle_key)
     plaintext, _index = inbound.decrypt(box.megolm)
     text = decode_group_text(unpad(plaintext))
-    record = _load(client, held.group_id)
-    if text.group_id != held.group_id or record is None or record.gone:
+    if text.group_id != held.group_id:
         return None
+    if text.state is not None or text.cards:
+        _on_state_text(client, held, text)
+        return None
+    bound = _bind_sender(client, box.session_id, held)
+    record = _load(client, held.group_id)
+    if bound is None or record is None or record.gone:
+        log.info("dropped a group message from a device not known as a member")
+        return None
+    held = bound
     state = decode_group_state(record.state)
     if state.member(held.sender_user) is None:
         log.info("dropped a group message from a former member")
         return None
     own = held.sender_user == client.own_user_key
+    if not on_group_text(client, held.group_id, held.sender_user, text):
+        return None  # a reaction, edit, deletion, timer change or a duplicate (client/actions.py)
+    if text.attachment is not None:
+        from samizdat.client import attachments
+
+        attachments.remember(client._store, text.msg_id, text.attachment)
     fresh = _append(
         client,
         held.group_id,
@@ -212,18 +283,38 @@ def on_group_box(client: Client, box: GroupBox) -> Received | None:
         sent_at=text.sent_at,
         request=False,
         group=record.name,
+        attachment=_summary(text.attachment),
     )
+
+
+def _summary(attachment: Attachment | None) -> AttachmentInfo | None:
+    from samizdat.client import attachments
+
+    return None if attachment is None else attachments.summary(attachment)
 
 
 # -- sync to a new device ----------------------------------------------------------------
 
 
 def sync_groups(client: Client) -> list[SyncGroup]:
+    """Our groups for a new device; a big group's cards are split over several entries
+    (each with the state), so that every entry fits one sync message."""
     out: list[SyncGroup] = []
     for group_id in _group_ids(client):
         record = _load(client, group_id)
-        if record is not None and not record.gone:
-            out.append(SyncGroup(state=record.state, cards=record.cards))
+        if record is None or record.gone:
+            continue
+        size = len(msgspec.msgpack.encode(record.state))
+        part: list[ContactCard] = []
+        used = size
+        for card in record.cards:
+            cost = len(msgspec.msgpack.encode(card))
+            if part and used + cost > _SYNC_GROUP_BYTES:
+                out.append(SyncGroup(state=record.state, cards=part))
+                part, used = [], size
+            part.append(card)
+            used += cost
+        out.append(SyncGroup(state=record.state, cards=part))
     return out
 
 
@@ -231,6 +322,8 @@ def sync_group_history(client: Client, limit: int) -> list[SyncHistory]:
     out: list[SyncHistory] = []
     for group_id in _group_ids(client):
         for r in _history_records(client, group_id)[-limit:]:
+            if not lasting(client, group_conv(group_id), r.msg_id):
+                continue  # a disappearing message is not copied to a new device
             out.append(
                 SyncHistory(
                     peer=group_id,
@@ -255,6 +348,13 @@ def install_synced_group(client: Client, synced: SyncGroup) -> None:
         with contextlib.suppress(RemoteError):
             verify_card(card, now_ms())
             cards.append(card)
+    held = _load(client, state.group_id)
+    if held is not None and held.state.body == synced.state.body:
+        # Another part of the same group (sync_groups splits big ones): add its cards.
+        known = {_card_user(c) for c in held.cards}
+        held.cards += [c for c in cards if _card_user(c) not in known]
+        _save(client, state.group_id, held)
+        return
     record = GroupRecord(
         state=synced.state,
         cards=cards,

@@ -1,10 +1,16 @@
 """Group chats on Megolm with server-side fan-out (protocol §10.2, §10.3).
 
 * **State.** A group's name, members and admins are a ``GroupState`` signed by an admin's
-  user key (protocol/groups.py decides who may change what). Updates travel as
-  ``GroupUpdate`` control messages over Olm to every member device, with the members'
-  cards (device list, server, a token that member issued) so that every member can write
-  to every other. The server never sees a name or a member list.
+  user key (protocol/groups.py decides who may change what). A change travels like a
+  message: Megolm-encrypted in the changer's session and fanned out once per server, with
+  the cards (device list, server, a token that member issued) that let every member write
+  to every other. A member receives each card once: when the group is created or it is
+  added (every card), or when another member is added (that member's card). So creating a
+  group of *n* devices costs the admin *n* small Olm room keys plus one state upload per
+  server, not *n* copies of every card. Removed members get the new state over Olm. The
+  server never sees a name or a member list.
+* **Queue.** Every send goes through client/group_outbox.py, which retries it until it is
+  stored, in order and exactly once.
 * **Keys.** Each sending device has one outbound Megolm session per group. Before sending
   it hands the session key (``RoomKey``, over Olm) to every member device that does not
   have it yet — at the current index, so a member added later reads nothing older. It
@@ -32,7 +38,6 @@ from samizdat.client import records as rec
 from samizdat.client.connection import now_ms
 from samizdat.client.peers import (
     Peer,
-    call_on,
     call_own,
     current_devices,
     own_peer,
@@ -42,18 +47,18 @@ from samizdat.client.peers import (
     verified_list,
 )
 from samizdat.crypto.megolm import MegolmOutbound
-from samizdat.crypto.padding import pad
 from samizdat.errors import LocalError, NotFound, RemoteError
-from samizdat.protocol import frames, limits
+from samizdat.protocol import frames
+from samizdat.protocol.actions import MessageAction
+from samizdat.protocol.blobs import Attachment
 from samizdat.protocol.control import (
-    GROUP_BOX_VERSION,
-    GroupBox,
+    GroupCard,
     GroupText,
     GroupUpdate,
     RoomKey,
-    encode_group_box,
     encode_group_text,
 )
+from samizdat.protocol.descriptor import SignedDescriptor
 from samizdat.protocol.groups import (
     GROUP_STATE_CONTEXT,
     GroupMember,
@@ -72,6 +77,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ROTATE_AFTER_MESSAGES",
     "ROTATE_AFTER_MS",
+    "outbound_is_fresh",
     "GroupInfo",
     "MemberInfo",
     "GroupHistoryItem",
@@ -95,8 +101,9 @@ log = logging.getLogger(__name__)
 
 ROTATE_AFTER_MESSAGES: Final = 100
 ROTATE_AFTER_MS: Final = 7 * 24 * 3600 * 1000
-#: Cards per GroupUpdate message (a card is ~1.5 KiB; the padded payload < 64 KiB).
-_CARDS_PER_UPDATE: Final = 24
+#: Bytes of cards and state per state plaintext: with its fields it pads to 64 KiB at most.
+_PART_BYTES: Final = 60_000
+_TEXT_OVERHEAD: Final = 200
 #: Peers written to at once when sharing keys.
 _PARALLEL: Final = 16
 
@@ -309,22 +316,92 @@ def _contact_card(client: Client, name: str) -> ContactCard:
     )
 
 
+def _state_texts(
+    group_id: bytes, signed: SignedGroupState | None, cards: Sequence[ContactCard]
+) -> list[GroupText]:
+    """A state change as Megolm plaintexts: the state in the first, cards packed after it.
+
+    Each plaintext stays under ``_PART_BYTES`` (one padding bucket); a server descriptor is
+    carried once per part, not once per card.
+    """
+    texts: list[GroupText] = []
+    servers: list[SignedDescriptor] = []
+    index: dict[bytes, int] = {}
+    part: list[GroupCard] = []
+    size = _TEXT_OVERHEAD + (len(signed.body) if signed is not None else 0)
+
+    def close() -> None:
+        texts.append(
+            GroupText(
+                group_id=group_id,
+                msg_id=secrets.token_bytes(16),
+                sent_at=now_ms(),
+                text="",
+                state=signed if not texts else None,
+                servers=list(servers),
+                cards=list(part),
+            )
+        )
+
+    for card in cards:
+        server_id = card.server.signature
+        extra = 0 if server_id in index else len(msgspec.msgpack.encode(card.server))
+        group_card = GroupCard(devices=card.devices, server=0, token=card.token, name=card.name)
+        grows = len(msgspec.msgpack.encode(group_card)) + extra
+        if part and size + grows > _PART_BYTES:
+            close()
+            servers, index, part, size = [], {}, [], _TEXT_OVERHEAD
+            extra = len(msgspec.msgpack.encode(card.server))
+            grows = len(msgspec.msgpack.encode(group_card)) + extra
+        if server_id not in index:
+            index[server_id] = len(servers)
+            servers.append(card.server)
+        part.append(msgspec.structs.replace(group_card, server=index[server_id]))
+        size += grows
+    if part or not texts:
+        close()
+    return texts
+
+
 async def _publish(
     client: Client,
-    record: GroupRecord,
-    signed: SignedGroupState,
-    extra_peers: Sequence[Peer] = (),
-) -> None:
-    """Send a new state, with every card, to every member device (and ``extra_peers``)."""
-    state = decode_group_state(signed)
-    chunks = [
-        record.cards[i : i + _CARDS_PER_UPDATE]
-        for i in range(0, max(1, len(record.cards)), _CARDS_PER_UPDATE)
-    ]
-    updates = [GroupUpdate(state=signed, cards=c, part=i) for i, c in enumerate(chunks)]
-    targets = [peer for peer, _ in _recipients(client, record, state)]
-    targets.extend(extra_peers)
-    await _gather(client, [(peer, None) for peer in targets], updates)
+    group_id: bytes,
+    texts: Sequence[GroupText],
+    *,
+    only: Sequence[bytes] | None = None,
+    notice_to: Sequence[ContactCard] = (),
+    notice: SignedGroupState | None = None,
+    expires_at: int | None = None,
+) -> SendStats:
+    """Queue a group send (client/group_outbox.py) and deliver the queue."""
+    from samizdat.client import group_outbox
+
+    intent = group_outbox.Intent(
+        key=group_outbox.new_key(),
+        group_id=group_id,
+        texts=[encode_group_text(t) for t in texts],
+        only=None if only is None else list(only),
+        notice=notice,
+        notice_to=list(notice_to),
+        expires_at=expires_at,
+    )
+    group_outbox.enqueue(client, intent)
+    done, stuck = await group_outbox.deliver(client)
+    if intent.key not in done:
+        # Ours failed, or an older send to this group did: it stays queued.
+        raise stuck[group_id]
+    return done[intent.key]
+
+
+async def flush(client: Client) -> int:
+    """Deliver group sends queued by earlier calls that failed; returns how many went out.
+
+    Raises:
+        ConnectError, ServerRefused: the oldest still fails (it and later ones stay queued).
+    """
+    from samizdat.client import group_outbox
+
+    return len(await group_outbox.flush(client))
 
 
 async def _gather(
@@ -362,7 +439,9 @@ async def create(client: Client, name: str, member_names: Sequence[str]) -> str:
             state=signed, cards=cards, name=_unique_group_name(client, state.name, group_id)
         )
         _save(client, group_id, record)
-    await _publish(client, record, signed)
+    # Every member device gets the room key over Olm, then the state and every card once,
+    # Megolm-encrypted and fanned out by the server (protocol §10.2).
+    await _publish(client, group_id, _state_texts(group_id, signed, cards))
     return record.name
 
 
@@ -406,8 +485,24 @@ async def add(client: Client, name: str, contact_names: Sequence[str]) -> None:
                 cards = [c for c in cards if _card_user(c) != user] + [card]
         return msgspec.structs.replace(state, members=members), cards
 
+    _, _, old = _by_name(client, name)
     record, _ = await _change(client, name, build)
-    await _publish(client, record, record.state)
+    group_id = old.group_id
+    # New by membership, not by card: a member removed earlier may still have a card here.
+    new_users = [u for u in decode_group_state(record.state).user_keys() if old.member(u) is None]
+    new_cards = [c for c in record.cards if _card_user(c) in set(new_users)]
+    # Members already in: the new state and the new members' cards only (a delta).
+    await _publish(
+        client,
+        group_id,
+        _state_texts(group_id, record.state, new_cards),
+        only=[u for u in decode_group_state(record.state).user_keys() if u not in new_users],
+    )
+    # The new members: every card, once, at the current Megolm index (nothing older).
+    if new_users:
+        await _publish(
+            client, group_id, _state_texts(group_id, record.state, record.cards), only=new_users
+        )
 
 
 async def remove(client: Client, name: str, contact_names: Sequence[str]) -> None:
@@ -420,9 +515,20 @@ async def remove(client: Client, name: str, contact_names: Sequence[str]) -> Non
         members = [m for m in state.members if m.user_key not in gone]
         return msgspec.structs.replace(state, members=members), record.cards
 
-    record, departed = await _change(client, name, build)
-    # The removed members learn that they were removed, and nothing after.
-    await _publish(client, record, record.state, departed)
+    _, before, old = _by_name(client, name)
+    departed = [
+        c for c in before.cards if _card_user(c) in gone and old.member(_card_user(c)) is not None
+    ]
+    record, _ = await _change(client, name, build)
+    # The removed members learn over Olm that they were removed, and nothing after; the
+    # others get the state in a new Megolm session (their removed devices held the old one).
+    await _publish(
+        client,
+        old.group_id,
+        _state_texts(old.group_id, record.state, []),
+        notice=record.state,
+        notice_to=departed,
+    )
 
 
 async def promote(client: Client, name: str, contact_names: Sequence[str]) -> None:
@@ -436,7 +542,8 @@ async def promote(client: Client, name: str, contact_names: Sequence[str]) -> No
         return msgspec.structs.replace(state, members=members), record.cards
 
     record, _ = await _change(client, name, build)
-    await _publish(client, record, record.state)
+    group_id = decode_group_state(record.state).group_id
+    await _publish(client, group_id, _state_texts(group_id, record.state, []))
 
 
 async def rename(client: Client, name: str, new_name: str) -> str:
@@ -453,7 +560,7 @@ async def rename(client: Client, name: str, new_name: str) -> str:
         client._store.delete("gname", record.name)
         record.name = _unique_group_name(client, new_name, group_id)
         _save(client, group_id, record)
-    await _publish(client, record, record.state)
+    await _publish(client, group_id, _state_texts(group_id, record.state, []))
     return record.name
 
 
@@ -478,11 +585,11 @@ async def leave(client: Client, name: str) -> None:
         record.state = signed
     else:
         record, _ = await _change(client, name, build)
-    own_others = [p for p, _ in _recipients(client, record, decode_group_state(record.state))]
-    await _gather(client, [(p, None) for p in own_others], [GroupUpdate(state=record.state)])
     with client._store.locked():
         record.gone = True
         _save(client, group_id, record)
+    # The remaining members and our other devices learn it from our Megolm session.
+    await _publish(client, group_id, _state_texts(group_id, record.state, []))
 
 
 def members(client: Client, name: str) -> list[MemberInfo]:
@@ -518,6 +625,19 @@ def list_groups(client: Client) -> list[GroupInfo]:
 # -- sending -----------------------------------------------------------------------------
 
 
+def outbound_is_fresh(held: OutboundRecord, recipients: set[bytes], now: int) -> bool:
+    """Whether the held outbound session may still be used for ``recipients``.
+
+    No: after ROTATE_AFTER_MESSAGES messages or ROTATE_AFTER_MS, or once a device that
+    holds its key is no longer a recipient (removed member, revoked device).
+    """
+    return (
+        held.count < ROTATE_AFTER_MESSAGES
+        and now - held.created_at < ROTATE_AFTER_MS
+        and set(held.shared) <= recipients
+    )
+
+
 def _outbound(
     client: Client, group_id: bytes, recipients: set[bytes]
 ) -> tuple[MegolmOutbound, OutboundRecord, bool]:
@@ -525,96 +645,46 @@ def _outbound(
     key = client._store.pickle_key
     if raw is not None:
         held = msgspec.msgpack.decode(raw, type=OutboundRecord)
-        fresh = (
-            held.count < ROTATE_AFTER_MESSAGES
-            and now_ms() - held.created_at < ROTATE_AFTER_MS
-            and set(held.shared) <= recipients
-        )
-        if fresh:
+        if outbound_is_fresh(held, recipients, now_ms()):
             return MegolmOutbound.from_pickle(held.pickle, key), held, False
     session = MegolmOutbound.create()
     record = OutboundRecord(pickle=session.pickle(key), created_at=now_ms(), count=0, shared=[])
     return session, record, True
 
 
-async def send(client: Client, name: str, text: str) -> SendStats:
-    """Send ``text`` to every member device; returns once every server stored it."""
+async def send(
+    client: Client,
+    name: str,
+    text: str,
+    action: MessageAction | None = None,
+    attachment: Attachment | None = None,
+) -> SendStats:
+    """Send ``text`` to every member device; returns once every server stored it.
+
+    The message is queued first (client/group_outbox.py): if a server cannot be reached it
+    stays queued behind any older group send, and the next group operation (or
+    :func:`flush`) delivers it, exactly once.
+
+    Raises:
+        ConnectError, ServerRefused: not delivered yet (queued).
+    """
     group_id, record, state = _by_name(client, name)
     if record.gone or state.member(client.own_user_key) is None:
         raise LocalError("you are no longer in this group")
-    recipients = _recipients(client, record, state)
-    all_keys = {d.identity_key for _, devices in recipients for d in devices}
-    with client._store.locked():
-        session, out, rotated = _outbound(client, group_id, all_keys)
-        room_key = RoomKey(
-            group_id=group_id, session_id=session.session_id, session_key=session.session_key()
-        )
-    # Key sharing first: each device's mailbox then holds the key before the message.
-    shared = set(out.shared)
-    need = [
-        (peer, [d for d in devices if d.identity_key not in shared]) for peer, devices in recipients
-    ]
-    need = [(peer, devices) for peer, devices in need if devices]
-    key_bytes = await _gather(client, need, [room_key])
-    msg_id = secrets.token_bytes(16)
-    sent_at = now_ms()
-    with client._store.locked():
-        megolm = session.encrypt(
-            pad(
-                encode_group_text(
-                    GroupText(group_id=group_id, msg_id=msg_id, sent_at=sent_at, text=text)
-                )
-            )
-        )
-        out.pickle = session.pickle(client._store.pickle_key)
-        out.count += 1
-        out.shared = sorted(shared | {d.identity_key for _, devices in need for d in devices})
-        client._store.put("gout", group_id, msgspec.msgpack.encode(out))
-    body = encode_group_box(
-        GroupBox(v=GROUP_BOX_VERSION, session_id=session.session_id, megolm=megolm)
-    )
-    by_server: dict[bytes, list[tuple[Peer, list[DeviceKeys]]]] = {}
-    for peer, devices in recipients:
-        by_server.setdefault(peer.server_key, []).append((peer, devices))
-    message_bytes = 0
-    for targets in by_server.values():
-        for frame in _fanout_frames(targets, body):
-            await call_on(client, targets[0][0], frame, frames.DepositOk)
-            message_bytes += len(frames.encode(frame))
-    with client._store.locked():
-        _append(client, group_id, client.own_user_key, "out", text, msg_id, sent_at)
-    return SendStats(
-        msg_id=msg_id.hex(),
-        devices=len(all_keys),
-        room_keys_sent=sum(len(d) for _, d in need),
-        key_bytes=key_bytes,
-        message_bytes=message_bytes,
-        rotated=rotated,
-        body=body,
-    )
+    from samizdat.client import timers
 
-
-def _fanout_frames(
-    targets: list[tuple[Peer, list[DeviceKeys]]], body: bytes
-) -> list[frames.Fanout]:
-    """Fan-out frames of at most MAX_FANOUT_DEVICES devices (one msg_id per frame)."""
-    out: list[frames.Fanout] = []
-    current: list[frames.FanoutTarget] = []
-    count = 0
-    for peer, devices in targets:
-        ids = [d.device_id for d in devices]
-        if not ids:
-            continue
-        if count + len(ids) > limits.MAX_FANOUT_DEVICES:
-            out.append(
-                frames.Fanout(rid=0, msg_id=secrets.token_bytes(16), body=body, targets=current)
-            )
-            current, count = [], 0
-        current.append(frames.FanoutTarget(token=peer.token, devices=ids))
-        count += len(ids)
-    if current:
-        out.append(frames.Fanout(rid=0, msg_id=secrets.token_bytes(16), body=body, targets=current))
-    return out
+    # A disappearing-message timer of the group stamps the expiry (client/timers.py).
+    action = timers.stamp(client, b"g" + group_id, action)
+    message = GroupText(
+        group_id=group_id,
+        msg_id=secrets.token_bytes(16),
+        sent_at=now_ms(),
+        text=text,
+        action=action,
+        attachment=attachment,
+    )
+    expires_at = None if action is None else action.expires_at
+    return await _publish(client, group_id, [message], expires_at=expires_at)
 
 
 def _append(

@@ -225,9 +225,11 @@ async def send_payloads(
     peer: Peer,
     devices: Sequence[DeviceKeys],
     payloads: Sequence[Payload],
+    expires_at: int | None = None,
 ) -> int:
     """Olm-encrypt each payload for each device and deposit them with ``peer.token``.
 
+    ``expires_at`` (ms) makes the server delete the entries then (disappearing messages).
     Returns the bytes of the deposit frames uploaded.
     """
     devices = [d for d in devices if d.identity_key != client._own_identity_key()]
@@ -257,7 +259,10 @@ async def send_payloads(
                 body = seal_to_device(device, account.identity_key, olm_type, olm)
                 envelopes.append(
                     frames.Envelope(
-                        device_id=device.device_id, msg_id=secrets.token_bytes(16), body=body
+                        device_id=device.device_id,
+                        msg_id=secrets.token_bytes(16),
+                        body=body,
+                        expires_at=expires_at,
                     )
                 )
             client._save_sessions(device.identity_key, sessions)

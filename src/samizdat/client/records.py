@@ -17,6 +17,8 @@ kind           lookup name          value
 ``cursor``     ``""``               last processed mailbox seq (8 bytes)
 ``history``    contact id (log)     :class:`HistoryRecord`
 =============  ===================  ==============================================
+
+Message actions, timers and receipts keep their own kinds: see client/msgstate.py.
 """
 
 from __future__ import annotations

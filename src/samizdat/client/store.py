@@ -191,6 +191,27 @@ class Store:
         )
         return [self._key.decrypt(kind, lookup, bytes(value)) for (value,) in rows]
 
+    def read_log_rows(self, kind: str, name: bytes | str) -> list[tuple[int, bytes]]:
+        """As :meth:`read_log`, with each row's id (for :meth:`delete_log_rows`)."""
+        lookup = self._key.lookup_id(kind, name)
+        rows = self._conn.execute(
+            "SELECT id, value FROM log WHERE kind = ? AND lookup = ? ORDER BY id", (kind, lookup)
+        )
+        return [(int(i), self._key.decrypt(kind, lookup, bytes(value))) for i, value in rows]
+
+    def delete_log_rows(self, ids: list[int]) -> None:
+        """Delete log rows by id: disappearing and deleted-for-everyone messages."""
+        self._conn.executemany("DELETE FROM log WHERE id = ?", [(i,) for i in ids])
+
+    def scrub(self) -> None:
+        """Push deleted rows out of the write-ahead log (call outside a transaction).
+
+        ``secure_delete`` zeroes a deleted row in the database file, but the WAL still
+        holds older copies of its pages until a checkpoint; TRUNCATE copies them back and
+        empties the WAL file, so a deleted message leaves no bytes on disk.
+        """
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # -- transactions and the inter-process lock -------------------------------------
 
     @contextlib.contextmanager

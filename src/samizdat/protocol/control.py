@@ -17,6 +17,8 @@ from msgspec import Meta
 
 from samizdat.errors import DecryptionError, ErrorCode, ProtocolError
 from samizdat.protocol import limits
+from samizdat.protocol.actions import MessageAction, check_action
+from samizdat.protocol.blobs import Attachment
 from samizdat.protocol.descriptor import SignedDescriptor
 from samizdat.protocol.groups import SignedGroupState
 from samizdat.protocol.keys import DeviceKeys, SignedDeviceList
@@ -37,6 +39,7 @@ __all__ = [
     "SentCopy",
     "GroupUpdate",
     "RoomKey",
+    "GroupCard",
     "GroupText",
     "GroupBox",
     "VerifyKey",
@@ -171,6 +174,8 @@ class SentCopy(msgspec.Struct, frozen=True, tag_field="c", tag="sent_copy"):
     msg_id: MsgId
     sent_at: Millis
     text: _LongText
+    #: The reply, reaction, edit, deletion or timer it carried (protocol/actions.py).
+    action: MessageAction | None = None
 
 
 # -- groups ------------------------------------------------------------------------------
@@ -199,8 +204,24 @@ class RoomKey(msgspec.Struct, frozen=True, tag_field="c", tag="room_key"):
     session_key: Annotated[str, Meta(max_length=1024)]
 
 
+class GroupCard(msgspec.Struct, frozen=True):
+    """How to reach a member, inside a group state message; ``server`` indexes ``servers``."""
+
+    def __repr__(self) -> str:
+        return "GroupCard(<secret>)"
+
+    devices: SignedDeviceList
+    server: Annotated[int, Meta(ge=0)]
+    token: Token
+    name: Text = ""
+
+
 class GroupText(msgspec.Struct, frozen=True):
-    """The Megolm plaintext of a group message."""
+    """The Megolm plaintext of a group message, or of a group state change (§10.2).
+
+    A state change carries a new ``state`` and/or ``cards`` (members' device lists and
+    tokens, their servers once in ``servers``) and an empty ``text``; it is applied, not shown.
+    """
 
     def __repr__(self) -> str:
         return "GroupText(<secret>)"
@@ -209,6 +230,13 @@ class GroupText(msgspec.Struct, frozen=True):
     msg_id: MsgId
     sent_at: Millis
     text: _LongText
+    state: SignedGroupState | None = None
+    servers: list[SignedDescriptor] = []
+    cards: list[GroupCard] = []
+    #: A reply, reaction, edit, deletion or timer change (protocol/actions.py).
+    action: MessageAction | None = None
+    #: A file shared with the group (protocol/blobs.py, §12); owned by attachments.
+    attachment: Attachment | None = None
 
 
 class GroupBox(msgspec.Struct, frozen=True):
@@ -295,9 +323,12 @@ def encode_group_text(text: GroupText) -> bytes:
 
 def decode_group_text(data: bytes) -> GroupText:
     try:
-        return _text_decoder.decode(data)
+        text = _text_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecryptionError("malformed group message") from exc
+    if text.action is not None:
+        check_action(text.action)
+    return text
 
 
 def encode_group_box(box: GroupBox) -> bytes:

@@ -21,6 +21,8 @@ from msgspec import Meta
 
 from samizdat.errors import DecryptionError
 from samizdat.protocol import limits
+from samizdat.protocol.actions import MessageAction, check_action
+from samizdat.protocol.blobs import Attachment
 from samizdat.protocol.links import ContactCard
 from samizdat.protocol.types import Key32, Millis, MsgId
 
@@ -57,6 +59,8 @@ class PayloadKind(StrEnum):
     TEXT = "text"
     #: ``control`` holds a protocol.control message (devices, groups, verification; §10).
     CONTROL = "control"
+    #: ``action`` changes an earlier message (reaction, edit, delete, receipt, timer; §6.2).
+    ACTION = "action"
 
 
 class Payload(msgspec.Struct, frozen=True):
@@ -71,6 +75,10 @@ class Payload(msgspec.Struct, frozen=True):
     card: ContactCard | None = None
     #: msgpack of a ``protocol.control.Control`` when ``kind`` is ``control``.
     control: Annotated[bytes, Meta(max_length=limits.MAX_ENVELOPE_BODY)] | None = None
+    #: A reply, reaction, edit, deletion, receipt or timer change (protocol/actions.py).
+    action: MessageAction | None = None
+    #: A file shared with this message (protocol/blobs.py, §12); owned by attachments.
+    attachment: Attachment | None = None
 
 
 _box_decoder = msgspec.msgpack.Decoder(SealedBox)
@@ -98,6 +106,9 @@ def decode_sealed(data: bytes) -> Sealed:
 
 def decode_payload(data: bytes) -> Payload:
     try:
-        return _payload_decoder.decode(data)
+        payload = _payload_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecryptionError("malformed payload") from exc
+    if payload.action is not None:
+        check_action(payload.action)
+    return payload

@@ -30,6 +30,14 @@ from msgspec import Meta
 
 from samizdat.errors import ErrorCode, ProtocolError
 from samizdat.protocol import limits
+from samizdat.protocol.blobs import (
+    BlobData,
+    BlobDelete,
+    BlobOpen,
+    BlobRead,
+    BlobStatus,
+    BlobWrite,
+)
 from samizdat.protocol.descriptor import SignedDescriptor
 from samizdat.protocol.keys import DeviceKeys, SignedDeviceList, SignedKey
 from samizdat.protocol.types import (
@@ -154,6 +162,9 @@ class Envelope(msgspec.Struct, frozen=True):
     device_id: DeviceId
     msg_id: MsgId
     body: bytes
+    #: A disappearing message: the server deletes the entry at this time (ms), delivered
+    #: or not (protocol §6.2). Absent: the mailbox time to live applies.
+    expires_at: Millis | None = None
 
 
 class Deposit(msgspec.Struct, frozen=True, tag_field="t", tag="deposit"):
@@ -182,6 +193,8 @@ class Fanout(msgspec.Struct, frozen=True, tag_field="t", tag="fanout"):
     msg_id: MsgId
     body: bytes
     targets: Annotated[list[FanoutTarget], Meta(min_length=1, max_length=limits.MAX_FANOUT_DEVICES)]
+    #: As ``Envelope.expires_at``, for every entry of the fan-out.
+    expires_at: Millis | None = None
 
 
 class Subscribe(msgspec.Struct, frozen=True, tag_field="t", tag="subscribe"):
@@ -210,6 +223,11 @@ ClientFrame = (
     | Fanout
     | Subscribe
     | Ack
+    # Attachment blobs (protocol/blobs.py, §5.3.11).
+    | BlobOpen
+    | BlobWrite
+    | BlobRead
+    | BlobDelete
 )
 
 # -- server to client -----------------------------------------------------------------
@@ -271,7 +289,18 @@ class DescriptorUpdate(msgspec.Struct, frozen=True, tag_field="t", tag="descript
     descriptor: SignedDescriptor
 
 
-ServerFrame = Welcome | AuthOk | KeyBundle | DepositOk | Deliver | Ok | Error | DescriptorUpdate
+ServerFrame = (
+    Welcome
+    | AuthOk
+    | KeyBundle
+    | DepositOk
+    | Deliver
+    | Ok
+    | Error
+    | DescriptorUpdate
+    | BlobStatus
+    | BlobData
+)
 
 _client_decoder: msgspec.msgpack.Decoder[ClientFrame] = msgspec.msgpack.Decoder(ClientFrame)
 _server_decoder: msgspec.msgpack.Decoder[ServerFrame] = msgspec.msgpack.Decoder(ServerFrame)

@@ -35,3 +35,9 @@ MAX_URL: Final = 512
 MAX_ENDPOINTS: Final = 32
 #: Largest DER certificate carried in a descriptor.
 MAX_CERT: Final = 4096
+#: Largest attachment plaintext a client sends, in bytes (100 MiB).
+MAX_ATTACHMENT: Final = 100 * 1024 * 1024
+#: Largest blob ciphertext: ``MAX_ATTACHMENT`` sealed in chunks, 16 tag bytes per chunk.
+MAX_BLOB_SIZE: Final = MAX_ATTACHMENT + (MAX_ATTACHMENT // (128 * 1024)) * 16
+#: Bytes of one sealed attachment chunk: every ``blob_write`` but a blob's last is this long.
+MAX_BLOB_CHUNK: Final = 128 * 1024 + 16

@@ -31,6 +31,7 @@ from samizdat.protocol import limits
 from samizdat.protocol.descriptor import Descriptor, SignedDescriptor
 from samizdat.protocol.links import decode_relay_link
 from samizdat.protocol.relay import RelayLink
+from samizdat.server.blobs import DEFAULT_BLOB_QUOTA, BlobPolicy, BlobService, make_blob_store
 from samizdat.server.bus.base import Bus
 from samizdat.server.bus.local import LocalBus
 from samizdat.server.bus.redis import RedisBus
@@ -43,7 +44,7 @@ from samizdat.server.identity import (
 )
 from samizdat.server.poll import PollSessions
 from samizdat.server.ratelimit import KeyedBuckets, RateLimits
-from samizdat.server.session import ConsumerRegistry, SessionDeps
+from samizdat.server.session import ConsumerRegistry, SessionDeps, new_claim_budgets
 from samizdat.server.store.base import Store
 from samizdat.server.store.postgres import PostgresStore
 from samizdat.server.store.sqlite import SqliteStore
@@ -79,6 +80,8 @@ class ServerConfig:
     max_mailbox_entries: int = limits.MAX_MAILBOX_ENTRIES
     #: Entries nobody fetched within this many days are deleted (DESIGN §5).
     mailbox_ttl_days: float = 30.0
+    #: Bytes of attachment blobs one device may hold; blobs live at most the mailbox TTL.
+    blob_quota_bytes: int = DEFAULT_BLOB_QUOTA
     log_level: str = "info"
     #: Host name or address put in the descriptor's endpoint, when clients reach the
     #: server under another name than ``host`` (e.g. listening on 0.0.0.0).
@@ -145,6 +148,7 @@ class RunningServer:
     _stats: ConnectionStats = field(repr=False)
     _polls: PollSessions = field(repr=False)
     _stopped: bool = False
+    blobs: BlobService | None = field(default=None, repr=False)
 
     def endpoints(self) -> list[str]:
         """The endpoint URLs the next descriptor lists (config, then ``endpoints`` file)."""
@@ -223,6 +227,8 @@ class RunningServer:
         await asyncio.wait({self._stats_task, self._expire_task})
         await self._polls.close_all()
         await self._bus.close()
+        if self.blobs is not None:
+            await self.blobs.close()
         await self.store.close()
         _log.info("server stopped")
 
@@ -257,15 +263,28 @@ async def _log_stats(stats: ConnectionStats) -> None:
             _log.info("connections: %d open, %d since start", stats.open, stats.total)
 
 
+#: How often entries of disappearing messages are looked for (an indexed query).
+_TIMED_EXPIRY_INTERVAL = 1.0
+
+
 async def _expire_entries(store: Store, ttl_days: float) -> None:
-    """Apply the mailbox time to live: every tenth of it, at most every 10 minutes."""
+    """Apply the mailbox time to live (every tenth of it, at most every 10 minutes), and
+    delete the entries of disappearing messages once their own expiry passed (every
+    second, protocol §6.2)."""
     ttl_ms = int(ttl_days * 86_400_000)
     interval = max(0.1, min(600.0, ttl_ms / 10_000))
+    next_ttl = 0.0
     while True:
-        removed = await store.expire(int(time.time() * 1000) - ttl_ms)
-        if removed:
-            _log.info("expired %d mailbox entries past their time to live", removed)
-        await asyncio.sleep(interval)
+        now = time.time()
+        if now >= next_ttl:
+            removed = await store.expire(int(now * 1000) - ttl_ms)
+            if removed:
+                _log.info("expired %d mailbox entries past their time to live", removed)
+            next_ttl = now + interval
+        timed = await store.expire_timed(int(time.time() * 1000))
+        if timed:
+            _log.info("deleted %d entries of disappearing messages", timed)
+        await asyncio.sleep(min(interval, _TIMED_EXPIRY_INTERVAL))
 
 
 def make_store(config: ServerConfig) -> Store:
@@ -353,6 +372,18 @@ async def start(config: ServerConfig) -> RunningServer:
             await store.close()
             raise
         bus = redis_bus
+    blobs = BlobService(
+        make_blob_store(data_dir, config.store_url),
+        BlobPolicy(config.blob_quota_bytes, int(config.mailbox_ttl_days * 86_400_000)),
+        lambda: int(time.time() * 1000),
+    )
+    try:
+        await blobs.open()
+    except BaseException:
+        sock.close()
+        await bus.close()
+        await store.close()
+        raise
     rate_limits = config.rate_limits
     deps = SessionDeps(
         store=store,
@@ -368,6 +399,8 @@ async def start(config: ServerConfig) -> RunningServer:
         monotonic=time.monotonic,
         now_ms=lambda: int(time.time() * 1000),
         random_bytes=secrets.token_bytes,
+        claim_budgets=new_claim_budgets(rate_limits),
+        blobs=blobs,
     )
     stats = ConnectionStats()
     polls = PollSessions(deps, stats.opened, stats.closed)
@@ -393,6 +426,7 @@ async def start(config: ServerConfig) -> RunningServer:
     if task.done():
         sock.close()
         await bus.close()
+        await blobs.close()
         await store.close()
         task.result()
         raise LocalError("server stopped while starting")
@@ -416,6 +450,7 @@ async def start(config: ServerConfig) -> RunningServer:
         _deps=deps,
         _stats=stats,
         _polls=polls,
+        blobs=blobs,
     )
 
 

@@ -22,6 +22,11 @@ class RateLimits:
     #: Deposits and key claims per second under one delivery token.
     token_rate: float = 20.0
     token_burst: float = 200.0
+    #: One-time key claims per (delivery token, device), per second and burst: beyond
+    #: this budget the claim is answered with the device's fallback key, so that one
+    #: requester cannot drain a device's one-time keys (docs/security.md).
+    claim_rate: float = 10 / 3600
+    claim_burst: float = 10.0
     #: Most per-token buckets remembered; the least recently used are forgotten.
     max_tracked_tokens: int = 100_000
 

@@ -19,13 +19,14 @@ import enum
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import msgspec
 
 from samizdat.crypto.signing import verify
 from samizdat.errors import ErrorCode, ProtocolError, SignatureError
+from samizdat.protocol import blobs as b
 from samizdat.protocol import frames as f
 from samizdat.protocol import limits
 from samizdat.protocol.descriptor import SignedDescriptor
@@ -35,11 +36,13 @@ from samizdat.protocol.keys import (
     decode_device_list,
     verify_signed_key,
 )
+from samizdat.server.blobs import BlobService
 from samizdat.server.bus.base import Bus, Subscription
+from samizdat.server.outbox import Outbox
 from samizdat.server.ratelimit import KeyedBuckets, RateLimits, TokenBucket
 from samizdat.server.store.base import DepositItem, MailboxEntry, Store
 
-__all__ = ["SessionDeps", "ConsumerRegistry", "Session", "token_hash"]
+__all__ = ["SessionDeps", "ConsumerRegistry", "Session", "new_claim_budgets", "token_hash"]
 
 _log = logging.getLogger(__name__)
 
@@ -48,6 +51,13 @@ OUTBOX_SIZE: Final = 32
 #: Bytes a Deliver frame and each entry add around the bodies (generous).
 _DELIVER_OVERHEAD: Final = 64
 _ENTRY_OVERHEAD: Final = 96
+
+
+def new_claim_budgets(rate_limits: RateLimits) -> KeyedBuckets:
+    """The per-(token, device) one-time key claim budgets of one node."""
+    return KeyedBuckets(
+        rate_limits.claim_rate, rate_limits.claim_burst, rate_limits.max_tracked_tokens
+    )
 
 
 def token_hash(token: bytes) -> bytes:
@@ -95,6 +105,10 @@ class SessionDeps:
     #: Wall-clock milliseconds since the epoch.
     now_ms: Callable[[], int]
     random_bytes: Callable[[int], bytes]
+    #: One-time key claims per (token hash, device id); see RateLimits.claim_rate.
+    claim_budgets: KeyedBuckets = field(default_factory=lambda: new_claim_budgets(RateLimits()))
+    #: Attachment blobs (server/blobs.py); None: blob frames answer ``not_found``.
+    blobs: BlobService | None = None
 
     def __repr__(self) -> str:
         return "SessionDeps(...)"
@@ -132,7 +146,7 @@ class Session:
     def __init__(self, deps: SessionDeps) -> None:
         self._deps = deps
         self._state = _State.AWAIT_HELLO
-        self._outbox: asyncio.Queue[f.ServerFrame | None] = asyncio.Queue(OUTBOX_SIZE)
+        self._outbox: Outbox[f.ServerFrame | None] = Outbox(OUTBOX_SIZE)
         self._nonce = b""
         self._device_id: bytes | None = None
         self._user_key: bytes | None = None
@@ -254,6 +268,10 @@ class Session:
                 assert self._device_id is not None
                 await self._deps.store.ack(self._device_id, frame.up_to, self._deps.now_ms())
                 return f.Ok(rid=frame.rid)
+            case b.BlobOpen() | b.BlobWrite() | b.BlobRead() | b.BlobDelete():
+                if self._deps.blobs is None:
+                    raise ProtocolError(ErrorCode.NOT_FOUND, "this server keeps no blobs")
+                return await self._deps.blobs.handle(frame, self._device_id)
         raise ProtocolError(ErrorCode.BAD_FRAME, "unexpected frame")  # pragma: no cover
 
     # -- handlers -----------------------------------------------------------------------
@@ -368,7 +386,12 @@ class Session:
         # must not learn which device ids exist on the server.
         if device is None or device.user_key != user_key:
             raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "not a registered device of this user")
-        key = await self._deps.store.claim_key(frame.device_id)
+        # Over its budget a requester gets the fallback key: it can still start a session,
+        # but cannot drain the one-time keys other senders need (docs/security.md).
+        within_budget = self._deps.claim_budgets.allow(
+            token_hash(frame.token) + frame.device_id, self._deps.monotonic()
+        )
+        key = await self._deps.store.claim_key(frame.device_id, one_time=within_budget)
         if key is None:
             raise ProtocolError(ErrorCode.NO_KEYS, "device has no keys left")
         return f.KeyBundle(
@@ -386,7 +409,7 @@ class Session:
         if any(e.device_id not in devices for e in frame.envelopes):
             raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "not a device of this user")
         result = await self._deps.store.deposit(
-            [DepositItem(e.device_id, e.msg_id, e.body) for e in frame.envelopes],
+            [DepositItem(e.device_id, e.msg_id, e.body, e.expires_at) for e in frame.envelopes],
             self._deps.now_ms(),
         )
         # Durable now; a wake-up lost here is caught up by the consumer's next fetch.
@@ -407,7 +430,9 @@ class Session:
             if any(d not in devices for d in target.devices):
                 raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "not a device of this user")
             for device_id in target.devices:
-                items[device_id] = DepositItem(device_id, frame.msg_id, frame.body)
+                items[device_id] = DepositItem(
+                    device_id, frame.msg_id, frame.body, frame.expires_at
+                )
         result = await self._deps.store.deposit(list(items.values()), self._deps.now_ms())
         for device_id, seq in result.news.items():
             await self._deps.bus.publish(device_id, seq)
@@ -475,8 +500,24 @@ class Session:
                 for batch in self._batches(entries):
                     await self._outbox.put(f.Deliver(entries=batch))
                 cursor = entries[-1].seq
+        except Exception:
+            # The store or the bus failed (a database restart breaks every pooled
+            # connection). Ending only this task would leave the client subscribed to a
+            # mailbox nobody delivers from; closing makes it reconnect and resubscribe
+            # from its cursor (found by bench/faults.py --nodes 2).
+            _log.warning("delivery stopped by a store or bus error; closing", exc_info=True)
+            self._delivery_failed()
         finally:
             subscription.close()
+
+    def _delivery_failed(self) -> None:
+        self._state = _State.CLOSING
+        if self._device_id is not None:
+            self._deps.consumers.release(self._device_id, self)
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._outbox.put_nowait(f.Error(rid=None, code=ErrorCode.INTERNAL, message="try again"))
+        self._outbox.put_nowait(None)
 
     def _batches(self, entries: list[MailboxEntry]) -> list[list[f.Entry]]:
         """Split entries so that no Deliver frame exceeds the frame limit."""

@@ -13,14 +13,17 @@ import logging
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from samizdat.protocol import frames as f
 from samizdat.server.poll import PollSessions, poll_routes
 from samizdat.server.session import Session, SessionDeps
 
 __all__ = ["ConnectionStats", "build_app"]
+
+#: The path of the WebSocket endpoint (protocol.md §2).
+WS_PATH = "/v1/ws"
 
 _log = logging.getLogger(__name__)
 
@@ -48,13 +51,50 @@ class ConnectionStats:
         return f"ConnectionStats(open={self.open}, total={self.total})"
 
 
-async def _write_loop(websocket: WebSocket, session: Session) -> None:
+class _Socket:
+    """The ASGI WebSocket messages the driver needs, spoken directly.
+
+    Starlette's ``WebSocket`` adds a state check and an exception-handling wrapper to every
+    message and a few objects to every connection; this endpoint needs neither (profiled
+    in performance.md), so ``build_app`` routes it around Starlette.
+    """
+
+    __slots__ = ("_receive", "_send", "closed")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.closed = False
+
+    async def accept(self) -> bool:
+        if (await self._receive())["type"] != "websocket.connect":
+            self.closed = True
+            return False
+        await self._send({"type": "websocket.accept"})
+        return True
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self.closed = True
+        return message
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send({"type": "websocket.send", "bytes": data})
+
+    async def close(self, code: int = 1000) -> None:
+        if not self.closed:
+            self.closed = True
+            await self._send({"type": "websocket.close", "code": code, "reason": ""})
+
+
+async def _write_loop(websocket: _Socket, session: Session) -> None:
     while (frame := await session.next_frame()) is not None:
         await websocket.send_bytes(f.encode(frame))
     await websocket.close(code=1000)
 
 
-async def _read_loop(websocket: WebSocket, session: Session) -> None:
+async def _read_loop(websocket: _Socket, session: Session) -> None:
     while not session.closing:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -66,10 +106,9 @@ async def _read_loop(websocket: WebSocket, session: Session) -> None:
             await session.receive_text()
 
 
-async def _serve_connection(
-    websocket: WebSocket, deps: SessionDeps, stats: ConnectionStats
-) -> None:
-    await websocket.accept()
+async def _serve_connection(websocket: _Socket, deps: SessionDeps, stats: ConnectionStats) -> None:
+    if not await websocket.accept():
+        return
     session = Session(deps)
     stats.opened(session)
     reader = asyncio.create_task(_read_loop(websocket, session))
@@ -85,20 +124,19 @@ async def _serve_connection(
         await asyncio.wait({reader, writer})
         for task in (reader, writer):
             if not task.cancelled() and (exc := task.exception()) is not None:
-                if not isinstance(exc, (WebSocketDisconnect, OSError, RuntimeError)):
+                if not isinstance(exc, (OSError, RuntimeError)):
                     _log.error("connection failed: %s", type(exc).__name__)
         await session.close()
         stats.closed(session)
-        if websocket.application_state is not WebSocketState.DISCONNECTED:
-            try:
-                await websocket.close(code=1000)
-            except (RuntimeError, OSError):
-                pass
+        try:
+            await websocket.close(code=1000)
+        except (RuntimeError, OSError):
+            pass  # the peer is gone already (a reset connection)
 
 
 def build_app(
     deps: SessionDeps, stats: ConnectionStats, polls: PollSessions | None = None
-) -> Starlette:
+) -> ASGIApp:
     """The ASGI application of one server node (with long-polling when ``polls`` is given)."""
 
     async def index(request: Request) -> PlainTextResponse:
@@ -107,14 +145,18 @@ def build_app(
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    async def websocket_endpoint(websocket: WebSocket) -> None:
-        await _serve_connection(websocket, deps, stats)
-
-    return Starlette(
+    starlette: ASGIApp = Starlette(
         routes=[
             Route("/", index),
             Route("/v1/health", health),
-            WebSocketRoute("/v1/ws", websocket_endpoint),
             *(poll_routes(polls) if polls is not None else []),
         ]
     )
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == WS_PATH:
+            await _serve_connection(_Socket(receive, send), deps, stats)
+        else:  # HTTP, and WebSockets to other paths (which Starlette refuses)
+            await starlette(scope, receive, send)
+
+    return app

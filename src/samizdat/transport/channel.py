@@ -27,7 +27,7 @@ from websockets.uri import parse_uri
 
 from samizdat.errors import ConnectError, StageFailed
 from samizdat.protocol import limits
-from samizdat.transport.http import HttpConnection
+from samizdat.transport.http import HttpConnection, HttpResponse
 from samizdat.transport.tls import Stream
 
 __all__ = [
@@ -214,17 +214,31 @@ class PollChannel:
     def _headers(self) -> list[tuple[str, str]]:
         return [(SESSION_HEADER, self._sid), ("content-type", "application/octet-stream")]
 
+    async def _post(
+        self, conn: HttpConnection, path: str, body: bytes, seconds: float
+    ) -> tuple[HttpConnection, HttpResponse]:
+        """One request of the session; returns the connection that answered it.
+
+        Servers and proxies close idle keep-alive connections and the session lives on: a
+        closed connection is replaced, and a request that met a close we could not see
+        before writing (``stale``: not acted on, RFC 9112 §9.3.1.1) is sent once more.
+        """
+        if not conn.reusable:
+            conn.abort()
+            conn = await self._open_down()
+        try:
+            return conn, await conn.request("POST", path, body, self._headers(), seconds=seconds)
+        except StageFailed as exc:
+            if exc.kind != "stale":
+                raise
+        conn = await self._open_down()
+        return conn, await conn.request("POST", path, body, self._headers(), seconds=seconds)
+
     async def send(self, data: bytes) -> None:
         if self._closed:
             raise ConnectError("connection closed")
         try:
-            if not self._up.reusable:
-                # Servers and proxies close idle keep-alive connections; the session lives on.
-                self._up.abort()
-                self._up = await self._open_down()
-            response = await self._up.request(
-                "POST", f"{POLL_PATH}/send", data, self._headers(), seconds=30.0
-            )
+            self._up, response = await self._post(self._up, f"{POLL_PATH}/send", data, 30.0)
         except StageFailed as exc:
             self._closed = True
             raise ConnectError("connection lost") from exc
@@ -238,12 +252,9 @@ class PollChannel:
                 self._closed = True
                 raise ConnectError("connection closed")
             try:
-                if self._down is None or not self._down.reusable:
-                    if self._down is not None:
-                        self._down.abort()
-                    self._down = await self._open_down()
-                response = await self._down.request(
-                    "POST", f"{POLL_PATH}/recv", b"", self._headers(), seconds=POLL_WAIT + 15
+                down = self._down if self._down is not None else await self._open_down()
+                self._down, response = await self._post(
+                    down, f"{POLL_PATH}/recv", b"", POLL_WAIT + 15
                 )
             except StageFailed as exc:
                 self._closed = True

@@ -38,6 +38,10 @@ class HttpConnection:
         self._max_body = max_body
         self._h11 = h11.Connection(h11.CLIENT)
         self._lock = asyncio.Lock()
+        #: Responses read whole on this connection: after one, it is a reused keep-alive
+        #: connection that the server may close while our next request is on the way.
+        self._answered = 0
+        self._got_bytes = False
 
     def __repr__(self) -> str:
         return "HttpConnection(...)"
@@ -53,9 +57,13 @@ class HttpConnection:
         """Send one request and read its whole response.
 
         Raises:
-            StageFailed: stage ``http``: the connection broke, timed out or spoke nonsense.
+            StageFailed: stage ``http``: the connection broke, timed out or spoke nonsense;
+                kind ``stale`` when a reused keep-alive connection closed before any byte
+                of the answer (RFC 9112 §9.3.1.1: the request was not acted on, and may be
+                sent again on a new connection).
         """
         async with self._lock:
+            self._got_bytes = False
             try:
                 return await asyncio.wait_for(
                     self._exchange(method, target, body, headers), seconds
@@ -65,7 +73,12 @@ class HttpConnection:
                 raise StageFailed("http", "timeout", "no HTTP answer in time") from exc
             except (OSError, h11.ProtocolError, EOFError) as exc:
                 self.abort()
-                kind = "reset" if isinstance(exc, ConnectionResetError) else "broken"
+                if self._answered and not self._got_bytes:
+                    kind = "stale"
+                elif isinstance(exc, ConnectionResetError):
+                    kind = "reset"
+                else:
+                    kind = "broken"
                 raise StageFailed("http", kind, "the HTTP connection broke") from exc
 
     async def _exchange(
@@ -99,6 +112,7 @@ class HttpConnection:
                 data = await self._reader.read(_READ)
                 if not data:
                     raise EOFError("connection closed")
+                self._got_bytes = True
                 self._h11.receive_data(data)
                 continue
             if isinstance(event, h11.Response):
@@ -110,6 +124,7 @@ class HttpConnection:
                     raise h11.ProtocolError("response body too large")
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
+                self._answered += 1
                 return HttpResponse(status, response_headers, b"".join(chunks))
             elif isinstance(event, h11.ConnectionClosed):
                 raise EOFError("connection closed")

@@ -3,39 +3,46 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Final
 
 from samizdat.server.bus.base import Subscription
 
 __all__ = ["LocalBus", "LocalSubscription"]
 
-#: Pending notifications per subscriber. When full, more are dropped: one pending
-#: wake-up already makes the consumer fetch everything after its cursor.
-QUEUE_SIZE: Final = 16
-
 
 class LocalSubscription:
-    def __init__(self, bus: LocalBus, device_id: bytes, size: int) -> None:
+    """Announced seqs coalesce into one pending value: one wake-up means "fetch again".
+
+    No queue per subscriber (each idle subscribed connection holds one of these): the
+    highest seq announced since the last ``wait`` and, while the consumer waits, a future.
+    """
+
+    __slots__ = ("_bus", "_device_id", "_pending", "_waiter", "_closed")
+
+    def __init__(self, bus: LocalBus, device_id: bytes) -> None:
         self._bus = bus
         self._device_id = device_id
-        self.queue: asyncio.Queue[int] = asyncio.Queue(size)
-        self.dropped = 0
+        self._pending: int | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"LocalSubscription(pending={self.queue.qsize()})"
+        return f"LocalSubscription(pending={int(self._pending is not None)})"
 
     def notify(self, seq: int) -> None:
-        try:
-            self.queue.put_nowait(seq)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        if self._pending is None or seq > self._pending:
+            self._pending = seq
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def wait(self) -> int:
-        seq = await self.queue.get()
-        # Coalesce: everything queued means the same thing, "fetch again".
-        while not self.queue.empty():
-            seq = max(seq, self.queue.get_nowait())
+        while self._pending is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        seq, self._pending = self._pending, None
         return seq
 
     async def claim(self) -> None:
@@ -54,8 +61,7 @@ class LocalSubscription:
 class LocalBus:
     """:class:`~samizdat.server.bus.base.Bus` for subscribers in this process."""
 
-    def __init__(self, queue_size: int = QUEUE_SIZE) -> None:
-        self._queue_size = queue_size
+    def __init__(self) -> None:
         self._subscribers: dict[bytes, set[LocalSubscription]] = {}
 
     def __repr__(self) -> str:
@@ -66,7 +72,7 @@ class LocalBus:
             subscription.notify(seq)
 
     def subscribe(self, device_id: bytes) -> Subscription:
-        subscription = LocalSubscription(self, device_id, self._queue_size)
+        subscription = LocalSubscription(self, device_id)
         self._subscribers.setdefault(device_id, set()).add(subscription)
         return subscription
 

@@ -80,6 +80,8 @@ class DepositItem:
     device_id: bytes = field(repr=False)
     msg_id: bytes = field(repr=False)
     body: bytes = field(repr=False)
+    #: A disappearing message's envelope: deleted at this time (ms), delivered or not.
+    expires_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,12 @@ class Store(Protocol):
             ProtocolError: ``too_many_keys`` if more than MAX_STORED_ONE_TIME_KEYS would be held.
         """
 
-    async def claim_key(self, device_id: bytes) -> SignedKey | None:
-        """Remove and return one one-time key, else return the fallback key (kept), else None."""
+    async def claim_key(self, device_id: bytes, one_time: bool = True) -> SignedKey | None:
+        """Remove and return one one-time key, else return the fallback key (kept), else None.
+
+        With ``one_time=False`` only the fallback key is returned: the answer to a
+        requester over its claim budget (one-time keys are left for others).
+        """
 
     async def key_counts(self, device_id: bytes) -> KeyCounts: ...
 
@@ -176,6 +182,10 @@ class Store(Protocol):
         """Delete entries received before ``before_ms`` (the mailbox time to live, DESIGN §5);
         returns how many were deleted. Their msg_ids stay remembered, so a late retry of an
         expired envelope is still a duplicate rather than a new copy."""
+
+    async def expire_timed(self, now_ms: int) -> int:
+        """Delete entries whose envelope expiry (``DepositItem.expires_at``) is ``<= now_ms``
+        (disappearing messages, protocol §6.2); returns how many were deleted."""
 
     async def mailbox_size(self, device_id: bytes) -> int: ...
 

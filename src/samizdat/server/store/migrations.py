@@ -96,4 +96,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX one_time_keys_by_device ON one_time_keys (device_id, id)",
         ),
     ),
+    Migration(
+        3,
+        (
+            # Disappearing messages (protocol §6.2): the envelope's own expiry, if any.
+            "ALTER TABLE mailbox_entries ADD COLUMN expires_at INTEGER",
+            "CREATE INDEX mailbox_entries_by_expiry ON mailbox_entries (expires_at)"
+            " WHERE expires_at IS NOT NULL",
+        ),
+    ),
 )

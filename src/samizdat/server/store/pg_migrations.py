@@ -81,4 +81,12 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
         2,
         ("CREATE INDEX one_time_keys_by_device ON one_time_keys (device_id, id)",),
     ),
+    Migration(
+        3,
+        (
+            "ALTER TABLE mailbox_entries ADD COLUMN expires_at BIGINT",
+            "CREATE INDEX mailbox_entries_by_expiry ON mailbox_entries (expires_at)"
+            " WHERE expires_at IS NOT NULL",
+        ),
+    ),
 )

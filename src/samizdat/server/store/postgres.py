@@ -58,7 +58,7 @@ _RETRYABLE: Final = (
 
 Conn = Any  # asyncpg.Connection (asyncpg ships no types)
 
-#: One envelope of a deposit: $1 device, $2 msg_id, $3 now, $4 body, $5 quota.
+#: One envelope of a deposit: $1 device, $2 msg_id, $3 now, $4 body, $5 quota, $6 expiry.
 #: Returns (fresh, seq, size); a duplicate touches nothing, a full mailbox inserts no
 #: entry and the caller rolls the transaction back.
 _DEPOSIT_ONE: Final = """
@@ -70,7 +70,8 @@ WITH fresh AS (
     SET last_seq = mailboxes.last_seq + 1, size = mailboxes.size + 1
     RETURNING last_seq, size
 ), entry AS (
-    INSERT INTO mailbox_entries SELECT $1, last_seq, $2, $4, $3 FROM box WHERE size <= $5
+    INSERT INTO mailbox_entries (device_id, seq, msg_id, body, received_at, expires_at)
+    SELECT $1, last_seq, $2, $4, $3, $6::BIGINT FROM box WHERE size <= $5
     RETURNING seq
 )
 SELECT EXISTS (SELECT 1 FROM fresh), (SELECT last_seq FROM box), (SELECT size FROM box)
@@ -316,16 +317,18 @@ class PostgresStore:
 
         return await self._tx(run)
 
-    async def claim_key(self, device_id: bytes) -> SignedKey | None:
+    async def claim_key(self, device_id: bytes, one_time: bool = True) -> SignedKey | None:
         async def run(conn: Conn) -> SignedKey | None:
             # SKIP LOCKED: a concurrent claim takes the next key instead of waiting for
             # (and then losing) the one another transaction is deleting.
-            row = await conn.fetchrow(
-                "DELETE FROM one_time_keys WHERE id = (SELECT id FROM one_time_keys"
-                " WHERE device_id = $1 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                " RETURNING key_id, key, signature",
-                device_id,
-            )
+            row = None
+            if one_time:
+                row = await conn.fetchrow(
+                    "DELETE FROM one_time_keys WHERE id = (SELECT id FROM one_time_keys"
+                    " WHERE device_id = $1 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                    " RETURNING key_id, key, signature",
+                    device_id,
+                )
             if row is not None:
                 return SignedKey(key_id=row[0], key=row[1], signature=row[2], fallback=False)
             row = await conn.fetchrow(
@@ -398,7 +401,13 @@ class PostgresStore:
                 # One round trip per envelope: remember the id, bump the counter (row lock
                 # on the mailbox), append the entry unless that would overflow the quota.
                 fresh, seq, size = await conn.fetchrow(
-                    _DEPOSIT_ONE, item.device_id, item.msg_id, now_ms, item.body, max_mailbox
+                    _DEPOSIT_ONE,
+                    item.device_id,
+                    item.msg_id,
+                    now_ms,
+                    item.body,
+                    max_mailbox,
+                    item.expires_at,
                 )
                 if not fresh:
                     duplicates += 1
@@ -457,6 +466,22 @@ class PostgresStore:
             )
             counts = Counter(bytes(row[0]) for row in rows)
             # Sorted, as deposits lock mailboxes, so the two cannot deadlock.
+            for device_id in sorted(counts):
+                await conn.execute(
+                    "UPDATE mailboxes SET size = size - $1 WHERE device_id = $2",
+                    counts[device_id],
+                    device_id,
+                )
+            return len(rows)
+
+        return await self._tx(run)
+
+    async def expire_timed(self, now_ms: int) -> int:
+        async def run(conn: Conn) -> int:
+            rows = await conn.fetch(
+                "DELETE FROM mailbox_entries WHERE expires_at <= $1 RETURNING device_id", now_ms
+            )
+            counts = Counter(bytes(row[0]) for row in rows)
             for device_id in sorted(counts):
                 await conn.execute(
                     "UPDATE mailboxes SET size = size - $1 WHERE device_id = $2",

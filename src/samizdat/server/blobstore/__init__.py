@@ -1,0 +1,1 @@
+"""Where attachment ciphertext lives on a server: one Protocol, SQLite and PostgreSQL."""

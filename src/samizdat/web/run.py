@@ -1,0 +1,77 @@
+"""Run ``samizdat ui``: one process holding the Client, serving the page on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import webbrowser
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+
+from samizdat.client.connectivity import TransportOptions
+from samizdat.errors import LocalError
+from samizdat.web.app import build_app
+from samizdat.web.service import UiService
+
+__all__ = ["serve", "HOST"]
+
+#: Never another interface: the page holds decrypted messages (docs/security.md).
+HOST = "127.0.0.1"
+
+
+async def serve(
+    home: Path,
+    passphrase: str,
+    transport: TransportOptions,
+    port: int,
+    open_browser: bool,
+    announce: Callable[[str], None],
+) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM), then close the client.
+
+    ``announce`` gets the one address with the access token in it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+    except OSError as exc:
+        sock.close()
+        raise LocalError(f"cannot listen on {HOST}:{port}: {exc.strerror}") from exc
+    service = UiService(home, passphrase, transport)
+    try:
+        await service.start()
+    except BaseException:
+        sock.close()
+        raise
+    bound: int = sock.getsockname()[1]
+    token = secrets.token_urlsafe(32)
+    app = build_app(service, token, bound)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,  # the first request carries the token in its URL
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+        ws="none",
+    )
+    server = uvicorn.Server(config)
+    url = f"http://{HOST}:{bound}/?token={token}"
+    announce(url)
+    if open_browser:
+        # In a thread: some browsers' launchers block until they exit.
+        asyncio.get_running_loop().run_in_executor(None, _open, url)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await service.close()
+        sock.close()
+
+
+def _open(url: str) -> None:
+    with contextlib.suppress(Exception):
+        webbrowser.open(url)
