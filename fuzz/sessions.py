@@ -38,6 +38,7 @@ import msgspec
 
 from samizdat.client.groups import OutboundRecord, outbound_is_fresh
 from samizdat.client.messaging import (
+    KEEP_OLM_SESSIONS,
     decrypt_olm,
     device_keys,
     open_entry,
@@ -73,7 +74,7 @@ __all__ = ["Fuzzer", "Report", "main"]
 #: Entries a delivery may pick from at the head of a mailbox (the reorder window).
 WINDOW = 6
 #: Olm sessions the client keeps per remote device (``Client._save_sessions``).
-KEEP_SESSIONS = 4
+KEEP_SESSIONS = KEEP_OLM_SESSIONS
 #: One-time keys a device publishes at once, and the level that triggers a top-up.
 BATCH_KEYS = 5
 LOW_KEYS = 2

@@ -17,7 +17,9 @@ async def _cmd_ui(args: argparse.Namespace) -> int:
 
     folder = home(args)
     # A new home asks twice: the passphrase protects the identity the page will create.
-    secret = passphrase(confirm=not Store.exists(folder))
+    # --unlock-in-browser: no terminal prompt (a desktop launcher has no terminal); the
+    # page's unlock screen asks instead.
+    secret = None if args.unlock_in_browser else passphrase(confirm=not Store.exists(folder))
 
     def announce(url: str) -> None:
         _out(f"samizdat ui: open {url}")
@@ -38,4 +40,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("ui", help="the messenger in your browser (served on 127.0.0.1 only)")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
     p.add_argument("--no-browser", action="store_true", help="only print the address")
+    p.add_argument(
+        "--unlock-in-browser",
+        action="store_true",
+        help="ask for the passphrase in the page, not on the terminal",
+    )
     p.set_defaults(handler=_cmd_ui)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from samizdat.client import attachments, groups
 from samizdat.server.app import RunningServer
-from tests.groups.helpers import befriend, drain, new_user
+from tests.groups.helpers import befriend, drain, link, new_user
 
 from .conftest import make_file, sha256_of
 
@@ -34,4 +34,25 @@ async def test_group_members_download_a_file(inproc: RunningServer, tmp_path: Pa
             assert sha256_of(out) == digest
     finally:
         for client in (ann, bea, cid):
+            await client.close()
+
+
+async def test_a_file_sent_one_to_one_opens_on_the_senders_other_device(
+    inproc: RunningServer, tmp_path: Path
+) -> None:
+    ann, bea = [await new_user(tmp_path, n, inproc.link) for n in ("ann", "bea")]
+    laptop, _, _ = await link(ann, tmp_path / "ann-laptop")
+    try:
+        await befriend(ann, bea)
+        await drain(laptop)
+        digest = make_file(tmp_path / "photo.jpg", 150_000)
+        msg_id = await attachments.send_file(ann, "bea", tmp_path / "photo.jpg", "a photo")
+        await drain(laptop)
+        sent = [h for h in laptop.history("bea") if h.id == msg_id]
+        assert [(h.direction, h.text) for h in sent] == [("out", "a photo")]
+        assert sent[0].attachment is not None and sent[0].attachment.size == 150_000
+        out = await attachments.download(laptop, msg_id, tmp_path / "on-laptop.jpg")
+        assert sha256_of(out) == digest
+    finally:
+        for client in (ann, bea, laptop):
             await client.close()

@@ -38,6 +38,7 @@ import dns.rrset
 import h11
 
 from samizdat.server.identity import load_or_create_identity
+from tests.e2e.harness import terminate
 
 __all__ = [
     "FakeDns",
@@ -497,13 +498,7 @@ class ServerProc:
         self.proc.send_signal(signal.SIGHUP)
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await terminate(self.proc)
 
 
 async def run_cli(home: Path, *args: str, passphrase: str) -> tuple[int, str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -127,3 +128,15 @@ def scan_for(root: Path, needles: Sequence[bytes]) -> list[tuple[Path, bytes]]:
             if needle in data:
                 hits.append((path, needle))
     return hits
+
+
+async def terminate(proc: asyncio.subprocess.Process | None, grace: float = 10) -> None:
+    """SIGTERM a child process started with asyncio, then SIGKILL it after ``grace`` seconds."""
+    if proc is None or proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import sqlite3
@@ -44,8 +45,7 @@ async def team(tmp_path: Path, server: ServerProcess) -> AsyncIterator[Team]:
         for owner in ("ann", "bea"):
             laptop, _, _ = await link(users[owner], tmp_path / f"{owner}-laptop")
             devices[f"{owner}-laptop"] = laptop
-        for client in devices.values():
-            await drain(client, idle=0.5)
+        await asyncio.gather(*(drain(client, idle=0.5) for client in devices.values()))
         yield Team(users, devices)
     finally:
         for client in devices.values():
@@ -53,10 +53,12 @@ async def team(tmp_path: Path, server: ServerProcess) -> AsyncIterator[Team]:
 
 
 async def _drain_all(team: Team) -> dict[str, list[tuple[str | None, str, str]]]:
-    got: dict[str, list[tuple[str | None, str, str]]] = {}
-    for name, client in team.devices.items():
-        got[name] = [(m.group, m.sender, m.text) for m in await drain(client, idle=1.0)]
-    return got
+    # All devices at once: each drain waits out its own idle second.
+    drained = await asyncio.gather(*(drain(c, idle=1.0) for c in team.devices.values()))
+    return {
+        name: [(m.group, m.sender, m.text) for m in got]
+        for name, got in zip(team.devices, drained, strict=True)
+    }
 
 
 async def test_every_device_gets_each_message_once_in_order(team: Team) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from samizdat.client import group_outbox, groups
+from samizdat.client import group_outbox, groups, timers
 from samizdat.errors import ConnectError
 from tests.e2e.harness import ServerProcess
 from tests.groups.helpers import befriend, drain, new_user
@@ -126,3 +127,54 @@ async def test_a_group_on_an_unreachable_server_does_not_hold_up_the_others(
                 await client.close()
     finally:
         other.stop()
+
+
+async def test_a_queued_disappearing_send_is_dropped_when_its_time_is_up(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """A timed message that never left must not outlive its timer in the sender's queue."""
+    ann, bea = [await new_user(tmp_path, n, server.link) for n in ("ann", "bea")]
+    try:
+        await befriend(ann, bea)
+        await groups.create(ann, "club", ["bea"])
+        await timers.set_timer(ann, "club", 1, group=True)
+        await groups.send(ann, "club", "before")
+        assert [m.text for m in await drain(bea)] == ["before"]
+
+        server.stop()
+        with pytest.raises(ConnectError):
+            await groups.send(ann, "club", "never sent")
+        assert len(group_outbox.pending(ann)) == 1
+        await asyncio.sleep(1.5)
+        assert timers.sweep(ann) >= 1
+        assert group_outbox.pending(ann) == []
+        server.start()
+        assert await groups.flush(ann) == 0
+        assert await drain(bea) == []
+    finally:
+        for client in (ann, bea):
+            await client.close()
+
+
+async def test_listening_again_sends_what_was_queued(tmp_path: Path, server: ServerProcess) -> None:
+    """No later send needed: once ``listen`` connects again, queued 1:1 and group sends go."""
+    ann, bea = [await new_user(tmp_path, n, server.link) for n in ("ann", "bea")]
+    try:
+        await befriend(ann, bea)
+        await groups.create(ann, "club", ["bea"])
+        await groups.send(ann, "club", "before")
+        assert [m.text for m in await drain(bea)] == ["before"]
+
+        server.stop()
+        with pytest.raises(ConnectError):
+            await ann.send("bea", "queued 1:1")
+        with pytest.raises(ConnectError):
+            await groups.send(ann, "club", "queued to the group")
+        server.start()
+        await drain(ann)  # ann only listens
+        got = await drain(bea)
+        assert sorted(m.text for m in got) == ["queued 1:1", "queued to the group"]
+        assert group_outbox.pending(ann) == []
+    finally:
+        for client in (ann, bea):
+            await client.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from samizdat.client import verification
+from samizdat.client import actions, verification
 from samizdat.client.app import Client
 from samizdat.errors import KeyChanged, LocalError
 from tests.e2e.harness import PASSPHRASE, ServerProcess
@@ -66,7 +66,7 @@ async def test_key_change_changes_safety_number_and_blocks_until_trust(
         qr_before = verification.safety_qr_text(alice, "bob")
         assert qr_before.endswith(before) and bob.safety_number("alice") == before
         verification.mark_verified(alice, "bob")
-        await alice.send("bob", "while verified")
+        sent = await alice.send("bob", "while verified")
         # Bob re-creates his identity (a new user key) and sends alice a new invite.
         await bob.close()
         new_bob = await Client.create(tmp_path / "bob2", PASSPHRASE, server.link, "bob")
@@ -76,6 +76,8 @@ async def test_key_change_changes_safety_number_and_blocks_until_trust(
         assert after != before and verification.safety_qr_text(alice, "bob") != qr_before
         with pytest.raises(KeyChanged):
             await alice.send("bob", "must wait for consent")
+        with pytest.raises(KeyChanged):  # message actions wait as well
+            await actions.react(alice, "bob", sent, "+1")
         verification.trust(alice, "bob")
         await alice.send("bob", "after consent")
         got = await drain(new_bob)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ import pytest
 from samizdat.protocol.links import decode_relay_link
 from samizdat.protocol.relay import RelayLink
 from tests.censorship.conftest import World
+from tests.e2e.harness import terminate
 
 
 class RelayProc:
@@ -72,13 +72,7 @@ class RelayProc:
         return out
 
     async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await terminate(self.proc)
 
 
 async def start_relay(world: World, host: str, port: int, *args: str) -> RelayProc:

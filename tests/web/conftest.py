@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from playwright.async_api import (
     async_playwright,
     expect,
 )
+
+from tests.e2e.harness import terminate
 
 PASSPHRASE = "correct horse battery staple"
 CHROMIUM = "/usr/bin/chromium"
@@ -57,10 +58,13 @@ expect.set_options(timeout=TIMEOUT_MS)
 
 @dataclass
 class UiProc:
-    """``samizdat [flags] ui --no-browser`` for one home folder; ``url`` has the token."""
+    """``samizdat [flags] ui --no-browser [ui_flags]`` for one home folder; ``url`` has the
+    token. ``passphrase`` None: none in the environment (``--unlock-in-browser``)."""
 
     home: Path
     flags: tuple[str, ...] = ()
+    ui_flags: tuple[str, ...] = ()
+    passphrase: str | None = PASSPHRASE
     proc: asyncio.subprocess.Process | None = None
     url: str = ""
     lines: list[str] = field(default_factory=list)
@@ -83,10 +87,13 @@ class UiProc:
         return found.group(1)
 
     async def start(self) -> UiProc:
-        env = dict(os.environ, SAMIZDAT_HOME=str(self.home), SAMIZDAT_PASSPHRASE=PASSPHRASE)
+        env = dict(os.environ, SAMIZDAT_HOME=str(self.home))
+        env.pop("SAMIZDAT_PASSPHRASE", None)
+        if self.passphrase is not None:
+            env["SAMIZDAT_PASSPHRASE"] = self.passphrase
         log = (self.home.parent / f"{self.home.name}-ui.log").open("ab")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "samizdat", *self.flags, "ui", "--no-browser",
+            sys.executable, "-m", "samizdat", *self.flags, "ui", "--no-browser", *self.ui_flags,
             env=env, stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         log.close()
@@ -103,13 +110,7 @@ class UiProc:
         return self
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await terminate(self.proc)
 
 
 class Browsing:

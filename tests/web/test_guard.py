@@ -44,6 +44,8 @@ async def test_token_host_and_csp(tmp_path: Path, uis: list[UiProc], browsing: B
         assert '<script src="/static/app.js"' in page.text and "<script>" not in page.text
         assert (await http.get(base + "/api/state", headers=cookie)).json() == {
             "ready": False,
+            "locked": False,
+            "exists": False,
             "flows": {},
         }
         # The header works in place of the cookie (scripts, tests).

@@ -226,6 +226,19 @@ async def test_two_people_then_a_group_of_three(
         for page in (alice, carol):
             await expect(page.locator("#messages .msg.in").last).to_contain_text("bob in the group")
         await expect(carol.locator("#messages .msg.in").last).to_contain_text("bob")
+        # A file in the group: sent by Bob, opened by Carol with the very same bytes.
+        plan = tmp_path / "plan.bin"
+        _write(plan, bytes(range(256)) * 300)
+        await bob.locator("#file-input").set_input_files(str(plan))
+        await expect(bob.locator("#transfers")).to_contain_text("Sent plan.bin")
+        group_file = carol.get_by_role("link", name="plan.bin")
+        await expect(group_file).to_contain_text("(75.0 KiB)")
+        await expect(alice.get_by_role("link", name="plan.bin")).to_be_visible()
+        async with carol.expect_download() as group_info:
+            await group_file.click()
+        group_download = await group_info.value
+        assert group_download.suggested_filename == "plan.bin"
+        assert _read(Path(await group_download.path())) == _read(plan)
         await shot(carol, "07-group")
         await alice.get_by_role("button", name="Members").click()
         members = alice.get_by_role("list", name="Members")

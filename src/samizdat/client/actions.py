@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from samizdat.client import msgstate as ms
+from samizdat.client import verification
 from samizdat.client.connection import now_ms
 from samizdat.client.msgstate import Conv
 from samizdat.client.peers import (
@@ -190,6 +191,8 @@ async def send_change(client: Client, conv: Conv, action: MessageAction, text: s
     contact = client._contact(conv.ident)
     if contact.state == ContactState.BLOCKED:
         raise LocalError("this contact is blocked")
+    # A verified contact whose key changed gets nothing, reactions included, until consent.
+    verification.check_can_send(contact)
     msg_id = secrets.token_bytes(16)
     sent_at = now_ms()
     with client._store.locked():

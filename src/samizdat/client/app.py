@@ -29,13 +29,22 @@ from types import TracebackType
 import msgspec
 
 from samizdat.client import actions as message_actions
-from samizdat.client import attachments, group_inbox, msgstate, reach, relays, verification
+from samizdat.client import (
+    attachments,
+    group_inbox,
+    group_outbox,
+    msgstate,
+    reach,
+    relays,
+    verification,
+)
 from samizdat.client import devices as linked
 from samizdat.client import records as rec
 from samizdat.client.attachments import AttachmentInfo
 from samizdat.client.connection import Connection, now_ms
 from samizdat.client.dispatch import on_control
 from samizdat.client.messaging import (
+    KEEP_OLM_SESSIONS,
     auth_proof,
     decrypt_olm,
     device_keys,
@@ -60,6 +69,7 @@ from samizdat.errors import (
     NotFound,
     ProtocolError,
     RemoteError,
+    SamizdatError,
     ServerRefused,
 )
 from samizdat.protocol import frames, limits
@@ -163,6 +173,11 @@ class Client:
         self._last_sent: dict[str, bytes] = {}
         #: An open `devices link` (client/devices.py), in memory only.
         self._link_offer: linked.LinkOffer | None = None
+        #: Serialises group outbox deliveries (client/group_outbox.py): two at once would
+        #: seal one queued send twice from the same Megolm state.
+        self.group_send_lock = asyncio.Lock()
+        #: The background resend of queued sends that ``listen`` starts on each connection.
+        self._resend: asyncio.Task[None] | None = None
         #: Called after ``listen`` stored a batch of entries, shown or not (a reaction, an
         #: edit, a receipt): the browser UI (web/service.py) refreshes what it shows.
         self.on_stored: Callable[[], object] | None = None
@@ -242,6 +257,10 @@ class Client:
         return cls(home, store, rec.decode(raw, Identity), transport)
 
     async def close(self) -> None:
+        if self._resend is not None:
+            self._resend.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resend
         for conn in list(self._conns.values()):
             await conn.close()
         self._conns.clear()
@@ -381,8 +400,7 @@ class Client:
 
     def _save_sessions(self, identity_key: bytes, sessions: list[OlmSession]) -> None:
         key = self._store.pickle_key
-        # A few sessions per device are enough: both sides may have started one at once.
-        pickles = [s.pickle(key) for s in sessions[:4]]
+        pickles = [s.pickle(key) for s in sessions[:KEEP_OLM_SESSIONS]]
         self._store.put("session", identity_key, rec.encode(rec.Sessions(pickles=pickles)))
 
     def _contact(self, cid: bytes) -> Contact:
@@ -592,7 +610,9 @@ class Client:
         # queued behind them and the next send (or a retry) delivers them in order.
         await self._flush_outbox(contact.cid)
         self._last_sent[contact.name] = envelopes[0].body
-        await linked.copy_to_own_devices(self, contact.user_key, msg_id, sent_at, text, action)
+        await linked.copy_to_own_devices(
+            self, contact.user_key, msg_id, sent_at, text, action, attachment
+        )
         return msg_id.hex()
 
     async def _card_for(self, contact: Contact) -> ContactCard:
@@ -684,6 +704,19 @@ class Client:
                 if cid is not None:
                     raise
 
+    def _start_resend(self) -> None:
+        if self._resend is None or self._resend.done():
+            self._resend = asyncio.create_task(self._resend_queued())
+
+    async def _resend_queued(self) -> None:
+        """Deliver the 1:1 and group outboxes in the background (neither raises a
+        delivery failure: what fails stays queued for the next connection or send)."""
+        try:
+            await self._flush_outbox()
+            await group_outbox.deliver(self)
+        except SamizdatError as exc:
+            log.info("resending queued messages failed: %s", type(exc).__name__)
+
     def last_sent_envelope(self, name: str) -> bytes:
         """The sealed body this ``Client`` last deposited for ``name`` (first device).
 
@@ -729,9 +762,14 @@ class Client:
         yielded = 0
         failures = 0
         since = asyncio.get_running_loop().time()
+        resent_on: Connection | None = None
         while count is None or yielded < count:
             try:
                 conn = await self._subscribed()
+                if conn is not resent_on:
+                    # (Re)connected: what failed to go out before goes now, unprompted.
+                    resent_on = conn
+                    self._start_resend()
                 if conn.backlog:
                     entries, conn.backlog = conn.backlog, []
                 else:

@@ -147,6 +147,22 @@ def _sealed_chunk(fh: BinaryIO, cipher: AttachmentCipher, size: int, index: int)
     return cipher.seal(index, plain, final=index == chunk_count(size) - 1)
 
 
+async def _after_failure(
+    client: Client, server_key: bytes, exc: ConnectError | ServerRefused, attempts: int
+) -> int:
+    """Wait before the next attempt of a transfer (reconnecting after a broken connection);
+    raises ``exc`` when it is final: a refusal that cannot pass, or too many attempts."""
+    if isinstance(exc, ServerRefused) and exc.code not in _RETRYABLE:
+        raise exc
+    attempts += 1
+    if attempts >= MAX_ATTEMPTS:
+        raise exc
+    if isinstance(exc, ConnectError):
+        await client._drop(server_key)
+    await asyncio.sleep(min(2.0, 0.05 * 2**attempts))
+    return attempts
+
+
 async def upload_file(
     client: Client,
     path: Path,
@@ -201,14 +217,7 @@ async def upload_file(
                 await _write_from(conn, fh, cipher, opening, size, status.received, progress)
                 break
             except (ConnectError, ServerRefused) as exc:
-                if isinstance(exc, ServerRefused) and exc.code not in _RETRYABLE:
-                    raise
-                attempts += 1
-                if attempts >= MAX_ATTEMPTS:
-                    raise
-                if isinstance(exc, ConnectError):
-                    await client._drop(client._identity.server_key)
-                await asyncio.sleep(min(2.0, 0.05 * 2**attempts))
+                attempts = await _after_failure(client, client._identity.server_key, exc, attempts)
     signed, _ = client.own_descriptor()
     return b.Attachment(
         blob_id=blob_id,
@@ -387,14 +396,7 @@ async def fetch_attachment(
                             if progress is not None:
                                 progress(fh.tell(), attachment.size)
                 except (ConnectError, ServerRefused) as exc:
-                    if isinstance(exc, ServerRefused) and exc.code not in _RETRYABLE:
-                        raise
-                    attempts += 1
-                    if attempts >= MAX_ATTEMPTS:
-                        raise
-                    if isinstance(exc, ConnectError):
-                        await client._drop(server_key)
-                    await asyncio.sleep(min(2.0, 0.05 * 2**attempts))
+                    attempts = await _after_failure(client, server_key, exc, attempts)
         if digest.digest() != attachment.sha256:
             raise DecryptionError("the file does not match its hash")
         part.replace(out)

@@ -36,6 +36,7 @@ import msgspec
 
 from samizdat.client import records as rec
 from samizdat.client.actions import on_sent_copy
+from samizdat.client.attachments import remember as remember_attachment
 from samizdat.client.connection import Connection, now_ms
 from samizdat.client.messaging import (
     auth_proof,
@@ -67,6 +68,7 @@ from samizdat.crypto.signing import SigningKey
 from samizdat.errors import ConnectError, DecryptionError, LocalError, NotFound, RemoteError
 from samizdat.protocol import frames
 from samizdat.protocol.actions import MessageAction, check_action
+from samizdat.protocol.blobs import Attachment
 from samizdat.protocol.control import (
     DeviceListUpdate,
     LinkCode,
@@ -357,12 +359,20 @@ async def copy_to_own_devices(
     sent_at: int,
     text: str,
     action: MessageAction | None = None,
+    attachment: Attachment | None = None,
 ) -> None:
     """Send a 1:1 message (or action, client/actions.py) we sent to our other devices."""
     own = own_peer(client)
     if own is None or len(decode_device_list(client._identity.devices).devices) < 2:
         return
-    copy = SentCopy(peer=peer_user_key, msg_id=msg_id, sent_at=sent_at, text=text, action=action)
+    copy = SentCopy(
+        peer=peer_user_key,
+        msg_id=msg_id,
+        sent_at=sent_at,
+        text=text,
+        action=action,
+        attachment=attachment,
+    )
     # A disappearing message's copies disappear from the server at the same time.
     expires_at = None if action is None else action.expires_at
     with contextlib.suppress(RemoteError):
@@ -403,6 +413,8 @@ def on_own_payload(client: Client, sender_key: bytes, copy: SentCopy) -> None:
         check_action(copy.action)
     if not on_sent_copy(client, cid, copy):
         return  # an action, not a message (or one that already expired)
+    if copy.attachment is not None:
+        remember_attachment(client._store, copy.msg_id, copy.attachment)
     client._store.append(
         "history",
         cid,

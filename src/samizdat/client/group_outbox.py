@@ -119,6 +119,15 @@ def pending(client: Client) -> list[Intent]:
     return sorted(items, key=lambda i: i.key)
 
 
+def drop_expired(client: Client, now: int) -> int:
+    """Delete queued disappearing sends whose time is up (their text must not outlive it)."""
+    with client._store.locked():
+        gone = [i for i in pending(client) if i.expires_at is not None and i.expires_at <= now]
+        for intent in gone:
+            client._store.delete(_QUEUE, intent.key)
+    return len(gone)
+
+
 async def flush(client: Client) -> dict[bytes, SendStats]:
     """Deliver queued intents, oldest first; stats by intent key.
 
@@ -138,8 +147,16 @@ async def flush(client: Client) -> dict[bytes, SendStats]:
 
 async def deliver(client: Client) -> tuple[dict[bytes, SendStats], dict[bytes, RemoteError]]:
     """:func:`flush` without raising: stats by intent key, and the failure by group id."""
+    async with client.group_send_lock:
+        return await _deliver_all(client)
+
+
+async def _deliver_all(
+    client: Client,
+) -> tuple[dict[bytes, SendStats], dict[bytes, RemoteError]]:
     done: dict[bytes, SendStats] = {}
     stuck: dict[bytes, RemoteError] = {}
+    drop_expired(client, now_ms())
     for intent in pending(client):
         if intent.group_id in stuck:
             continue

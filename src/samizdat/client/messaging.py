@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 import msgspec
 
@@ -40,6 +41,7 @@ from samizdat.protocol.keys import (
 from samizdat.protocol.links import ContactCard
 
 __all__ = [
+    "KEEP_OLM_SESSIONS",
     "VerifiedCard",
     "device_keys",
     "sign_device_list",
@@ -50,6 +52,11 @@ __all__ = [
     "decrypt_olm",
     "verify_card",
 ]
+
+#: Olm sessions kept per remote device, newest first. Both sides may start one at once, and
+#: a message still on its way (a slow mailbox, a second device) may use an older one: with
+#: 4 kept, the session fuzzer (fuzz/sessions.py) saw such messages lost.
+KEEP_OLM_SESSIONS: Final = 16
 
 
 def device_keys(account: OlmAccount, sealing: SealingKey) -> DeviceKeys:

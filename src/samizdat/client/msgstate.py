@@ -274,13 +274,18 @@ def stamp(client: Client, conv: Conv, action: MessageAction | None) -> MessageAc
 
 def sweep(client: Client, now: int | None = None) -> int:
     """Delete every message whose time is up, from the store and the WAL; returns how many."""
+    from samizdat.client.group_outbox import drop_expired
+
     now = now_ms() if now is None else now
     store = client._store
+    unsent = drop_expired(client, now)
     with store.locked():
         items = _expiring(client)
         due = [i for i in items if i.expires_at <= now]
         if not due:
-            return 0
+            if unsent:
+                store.scrub()
+            return unsent
         by_conv: dict[bytes, set[bytes]] = {}
         for item in due:
             by_conv.setdefault(item.conv, set()).add(item.msg_id)
@@ -294,7 +299,7 @@ def sweep(client: Client, now: int | None = None) -> int:
         rest = [i for i in items if i.expires_at > now]
         store.put("expiring", "", msgspec.msgpack.encode(rest))
     store.scrub()
-    return len(due)
+    return len(due) + unsent
 
 
 # -- receipts ------------------------------------------------------------------------------------

@@ -176,6 +176,8 @@ class SentCopy(msgspec.Struct, frozen=True, tag_field="c", tag="sent_copy"):
     text: _LongText
     #: The reply, reaction, edit, deletion or timer it carried (protocol/actions.py).
     action: MessageAction | None = None
+    #: The file it carried (protocol/blobs.py, §12), so our other devices can open it too.
+    attachment: Attachment | None = None
 
 
 # -- groups ------------------------------------------------------------------------------

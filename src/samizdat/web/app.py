@@ -7,7 +7,8 @@ Routes (all behind :class:`samizdat.web.guard.Guard`):
   ``/api/relays``, ``/api/contacts``, ``/api/connection``: JSON reads.
 * ``POST /api/do/ACTION`` with a JSON object: every change (web/service.py ``_ACTIONS``).
   Errors answer 400 ``{"error": "…"}`` with the error's message, which is safe to show.
-* ``POST /api/upload?name=&filename=`` (the file as the body): send a file to a contact;
+* ``POST /api/upload?kind=&name=&filename=`` (the file as the body): send a file to a
+  contact (``kind=contact``, the default) or a group (``kind=group``);
   ``GET /api/file?id=``: a message's file, decrypted, as a download.
 * ``GET /api/events``: Server-Sent Events (new messages, connection changes, SAS codes).
   SSE rather than a WebSocket: one direction is all the page needs, it reconnects by
@@ -101,7 +102,12 @@ def build_app(service: UiService, token: str, port: int) -> Guard:
 
     async def upload(request: Request) -> object:
         q = request.query_params
-        return await service.send_file(q.get("name", ""), q.get("filename", ""), request.stream())
+        return await service.send_file(
+            q.get("name", ""),
+            q.get("filename", ""),
+            request.stream(),
+            group=q.get("kind") == "group",
+        )
 
     async def download(request: Request) -> Response:
         try:

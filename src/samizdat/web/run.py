@@ -25,7 +25,7 @@ HOST = "127.0.0.1"
 
 async def serve(
     home: Path,
-    passphrase: str,
+    passphrase: str | None,
     transport: TransportOptions,
     port: int,
     open_browser: bool,
@@ -33,7 +33,8 @@ async def serve(
 ) -> None:
     """Serve until interrupted (SIGINT/SIGTERM), then close the client.
 
-    ``announce`` gets the one address with the access token in it.
+    ``announce`` gets the one address with the access token in it. ``passphrase`` None:
+    the page asks for it (docs/security.md, "The local UI").
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

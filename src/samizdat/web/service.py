@@ -93,7 +93,8 @@ def _chat_key(kind: str, name: str) -> str:
 class UiService:
     """The one Client of this ``samizdat ui`` process and everything the page asks of it."""
 
-    def __init__(self, home: Path, passphrase: str, transport: TransportOptions) -> None:
+    def __init__(self, home: Path, passphrase: str | None, transport: TransportOptions) -> None:
+        """``passphrase`` None: the page asks for it (``samizdat ui --unlock-in-browser``)."""
         self.home = home
         self._passphrase = passphrase
         self._transport = transport
@@ -109,12 +110,14 @@ class UiService:
         self._flow_state: dict[str, Json] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._files = tempfile.TemporaryDirectory(prefix="samizdat-ui-")
+        self._unlocking = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the identity if there is one (else the page shows the set-up screen)."""
-        if Store.exists(self.home):
+        """Open the identity if there is one (else the page shows the set-up screen); without
+        a passphrase yet, the page shows the unlock screen first."""
+        if self._passphrase is not None and Store.exists(self.home):
             self._adopt(await Client.open(self.home, self._passphrase, self._transport))
 
     def _adopt(self, client: Client) -> None:
@@ -138,8 +141,15 @@ class UiService:
 
     def _need(self) -> Client:
         if self.client is None:
-            raise LocalError("set up an identity first")
+            raise LocalError(
+                "unlock first" if self._passphrase is None else "set up an identity first"
+            )
         return self.client
+
+    def _secret(self) -> str:
+        if self._passphrase is None:
+            raise LocalError("unlock first")
+        return self._passphrase
 
     # -- the background loop ------------------------------------------------------------
 
@@ -218,7 +228,12 @@ class UiService:
 
     def state(self) -> Json:
         if self.client is None:
-            return {"ready": False, "flows": self._flow_state}
+            return {
+                "ready": False,
+                "locked": self._passphrase is None,
+                "exists": Store.exists(self.home),
+                "flows": self._flow_state,
+            }
         client = self.client
         return {
             "ready": True,
@@ -300,7 +315,7 @@ class UiService:
             "name": name,
             "messages": messages,
             "timer": timers.timer(client, name, group=group),
-            "files": not group,
+            "files": True,
             **info,
         }
 
@@ -353,7 +368,7 @@ class UiService:
         if self.client is not None:
             raise LocalError("this home folder already has an identity")
         client = await Client.create(
-            self.home, self._passphrase, _text(body, "server"), _text(body, "name"), self._transport
+            self.home, self._secret(), _text(body, "server"), _text(body, "name"), self._transport
         )
         self._adopt(client)
         return {"name": client.name}
@@ -361,16 +376,32 @@ class UiService:
     async def _join(self, body: Json) -> Json:
         if self.client is not None:
             raise LocalError("this home folder already has an identity")
-        code = _text(body, "code")
+        code, secret = _text(body, "code"), self._secret()
 
         async def run() -> None:
             client = await devices.join(
-                self.home, self._passphrase, code, self._confirmer("join"), 300.0, self._transport
+                self.home, secret, code, self._confirmer("join"), 300.0, self._transport
             )
             self._adopt(client)
 
         self._flow("join", run, "This device is now linked.")
         return {"flow": "join"}
+
+    async def _unlock(self, body: Json) -> Json:
+        """The passphrase from the unlock screen: it opens the identity, or, in a home
+        without one, becomes the passphrase of the identity the set-up screen creates (the
+        page asks for it twice). A wrong one is refused and nothing is kept."""
+        if self._passphrase is not None or self._unlocking:
+            raise LocalError("already unlocked (or unlocking)")
+        secret = _text(body, "passphrase", strip=False)
+        self._unlocking = True  # a second request meanwhile must not open a second Client
+        try:
+            if Store.exists(self.home):
+                self._adopt(await Client.open(self.home, secret, self._transport))
+            self._passphrase = secret
+        finally:
+            self._unlocking = False
+        return {"ready": self.client is not None}
 
     async def _send(self, body: Json) -> Json:
         client = self._need()
@@ -509,8 +540,11 @@ class UiService:
         await timers.set_timer(client, name, seconds, group=group)
         return {"seconds": seconds}
 
-    async def send_file(self, name: str, filename: str, chunks: AsyncIterator[bytes]) -> Json:
-        """Keep the upload in a private temporary folder, send it, then delete it.
+    async def send_file(
+        self, name: str, filename: str, chunks: AsyncIterator[bytes], *, group: bool = False
+    ) -> Json:
+        """Keep the upload in a private temporary folder, send it to contact (or, with
+        ``group``, group) ``name``, then delete it.
 
         Progress of the encrypted upload to the server is published as ``progress`` events.
         """
@@ -529,7 +563,11 @@ class UiService:
                         raise LocalError("the file is too large (100 MiB at most)")
                     out.write(chunk)
             msg_id = await attachments.send_file(
-                client, name, path, progress=self._progress(transfer, name, base, "send")
+                client,
+                name,
+                path,
+                group=group,
+                progress=self._progress(transfer, name, base, "send"),
             )
         finally:
             path.unlink(missing_ok=True)
@@ -647,6 +685,7 @@ def _text(body: Json, key: str, strip: bool = True) -> str:
 
 _Action = Callable[[UiService, Json], Awaitable[Json]]
 _ACTIONS: dict[str, _Action] = {
+    "unlock": UiService._unlock,
     "setup": UiService._setup,
     "join": UiService._join,
     "send": UiService._send,

@@ -10,8 +10,6 @@ its owner, so concurrent creates cannot overrun the quota together.
 from __future__ import annotations
 
 import logging
-import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -20,6 +18,7 @@ import asyncpg
 from samizdat.errors import ErrorCode, LocalError, ProtocolError
 from samizdat.server.blobstore.base import BLOB_CHUNK, BlobChunk, BlobInfo, check_shape
 from samizdat.server.blobstore.migrations import PG_BLOB_MIGRATIONS
+from samizdat.server.store.postgres import open_pool, pg_migrate
 
 __all__ = ["PostgresBlobStore"]
 
@@ -27,35 +26,12 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 Conn = Any  # asyncpg.Connection (asyncpg ships no types)
 _MIGRATION_LOCK: Final = 0x53414D42  # "SAMB"
-_SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_VERSION_TABLE: Final = (
-    "CREATE TABLE IF NOT EXISTS blob_schema_version ("
-    " version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
-)
 
 
 async def _migrate(conn: Conn) -> int:
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-    try:
-        await conn.execute(_VERSION_TABLE)
-        current = int(
-            await conn.fetchval("SELECT coalesce(max(version), 0) FROM blob_schema_version")
-        )
-        for migration in PG_BLOB_MIGRATIONS:
-            if migration.version <= current:
-                continue
-            async with conn.transaction():
-                for statement in migration.statements:
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO blob_schema_version VALUES ($1, $2)",
-                    migration.version,
-                    int(time.time() * 1000),
-                )
-            current = migration.version
-        return current
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return await pg_migrate(
+        conn, PG_BLOB_MIGRATIONS, table="blob_schema_version", lock=_MIGRATION_LOCK
+    )
 
 
 class PostgresBlobStore:
@@ -67,8 +43,6 @@ class PostgresBlobStore:
     """
 
     def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = 4) -> None:
-        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
-            raise LocalError("schema name must be a lowercase SQL identifier")
         self._dsn = dsn
         self._schema = schema
         self._pool_size = pool_size
@@ -80,22 +54,7 @@ class PostgresBlobStore:
     async def open(self) -> None:
         if self._pool is not None:
             raise LocalError("blob store already open")
-        settings = {"synchronous_commit": "on"}
-        if self._schema is not None:
-            settings["search_path"] = self._schema
-        try:
-            first = await asyncpg.connect(self._dsn, server_settings=settings)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise LocalError(f"cannot connect to PostgreSQL: {type(exc).__name__}") from exc
-        try:
-            if self._schema is not None:
-                await first.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
-            await _migrate(first)
-        finally:
-            await first.close()
-        self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=1, max_size=self._pool_size, server_settings=settings
-        )
+        self._pool = await open_pool(self._dsn, self._schema, self._pool_size, _migrate)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 from samizdat.server.store.migrations import Migration
 
-__all__ = ["PG_MIGRATIONS", "PG_SCHEMA_VERSION_TABLE"]
+__all__ = ["PG_MIGRATIONS"]
 
-PG_SCHEMA_VERSION_TABLE = (
-    "CREATE TABLE IF NOT EXISTS schema_version ("
-    " version INTEGER PRIMARY KEY,"
-    " applied_at BIGINT NOT NULL)"
-)
 
 PG_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

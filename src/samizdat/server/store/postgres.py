@@ -40,9 +40,9 @@ from samizdat.server.store.base import (
     RegisteredDevice,
 )
 from samizdat.server.store.migrations import Migration
-from samizdat.server.store.pg_migrations import PG_MIGRATIONS, PG_SCHEMA_VERSION_TABLE
+from samizdat.server.store.pg_migrations import PG_MIGRATIONS
 
-__all__ = ["PostgresStore", "pg_migrate"]
+__all__ = ["PostgresStore", "open_pool", "pg_migrate"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -78,16 +78,26 @@ SELECT EXISTS (SELECT 1 FROM fresh), (SELECT last_seq FROM box), (SELECT size FR
 """
 
 
-async def pg_migrate(conn: Conn, migrations: Sequence[Migration] = PG_MIGRATIONS) -> int:
+async def pg_migrate(
+    conn: Conn,
+    migrations: Sequence[Migration] = PG_MIGRATIONS,
+    *,
+    table: str = "schema_version",
+    lock: int = _MIGRATION_LOCK,
+) -> int:
     """Apply the migrations newer than the database's version; returns the version now.
 
     Holds an advisory lock, so nodes that start at the same time migrate once.
     Tests pass a prefix of the chain to build a database as an older release made it.
+    ``table`` and ``lock`` name another chain's version table (the blob store's).
     """
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    await conn.execute("SELECT pg_advisory_lock($1)", lock)
     try:
-        await conn.execute(PG_SCHEMA_VERSION_TABLE)
-        current = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} ("
+            " version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+        )
+        current = int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {table}"))
         for migration in migrations:
             if migration.version <= current:
                 continue
@@ -95,15 +105,46 @@ async def pg_migrate(conn: Conn, migrations: Sequence[Migration] = PG_MIGRATIONS
                 for statement in migration.statements:
                     await conn.execute(statement)
                 await conn.execute(
-                    "INSERT INTO schema_version VALUES ($1, $2)",
+                    f"INSERT INTO {table} VALUES ($1, $2)",
                     migration.version,
                     int(time.time() * 1000),
                 )
             current = migration.version
-            _log.info("store schema migrated to version %d", current)
+            _log.info("schema migrated to version %d (%s)", current, table)
         return current
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        await conn.execute("SELECT pg_advisory_unlock($1)", lock)
+
+
+async def open_pool(
+    dsn: str,
+    schema: str | None,
+    pool_size: int,
+    migrate: Callable[[Conn], Awaitable[int]],
+    **pool_options: Any,
+) -> Any:
+    """Migrate (in ``schema``, created if missing) on one connection, then open the pool.
+
+    Every connection commits synchronously (DESIGN §5: acknowledged means durable).
+    """
+    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+        raise LocalError("schema name must be a lowercase SQL identifier")
+    settings = {"synchronous_commit": "on"}
+    if schema is not None:
+        settings["search_path"] = schema
+    try:
+        first = await asyncpg.connect(dsn, server_settings=settings)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise LocalError(f"cannot connect to PostgreSQL: {type(exc).__name__}") from exc
+    try:
+        if schema is not None:
+            await first.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await migrate(first)
+    finally:
+        await first.close()
+    return await asyncpg.create_pool(
+        dsn, min_size=1, max_size=pool_size, server_settings=settings, **pool_options
+    )
 
 
 class PostgresStore:
@@ -125,8 +166,6 @@ class PostgresStore:
         max_stored_one_time_keys: int = limits.MAX_STORED_ONE_TIME_KEYS,
         max_tokens_per_user: int = limits.MAX_TOKENS_PER_USER,
     ) -> None:
-        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
-            raise LocalError("schema name must be a lowercase SQL identifier")
         self._dsn = dsn
         self._schema = schema
         self._pool_size = pool_size
@@ -141,24 +180,11 @@ class PostgresStore:
     async def open(self) -> None:
         if self._pool is not None:
             raise LocalError("store already open")
-        settings = {"synchronous_commit": "on"}
-        if self._schema is not None:
-            settings["search_path"] = self._schema
-        try:
-            first = await asyncpg.connect(self._dsn, server_settings=settings)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise LocalError(f"cannot connect to PostgreSQL: {type(exc).__name__}") from exc
-        try:
-            if self._schema is not None:
-                await first.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
-            await pg_migrate(first)
-        finally:
-            await first.close()
-        self._pool = await asyncpg.create_pool(
+        self._pool = await open_pool(
             self._dsn,
-            min_size=1,
-            max_size=self._pool_size,
-            server_settings=settings,
+            self._schema,
+            self._pool_size,
+            pg_migrate,
             # The default reset costs a round trip per operation; we never leave session
             # state behind (no SET, LISTEN, cursors; advisory locks are transaction-scoped).
             reset=_no_reset,

@@ -77,10 +77,95 @@ function field(label, name, opts) {
   const o = opts || {};
   const input = o.multiline
     ? el("textarea", { id, name, required: o.required !== false, placeholder: o.placeholder || null, autocomplete: "off" })
-    : el("input", { id, name, type: "text", required: o.required !== false, placeholder: o.placeholder || null, autocomplete: "off" });
+    : el("input", { id, name, type: o.type || "text", required: o.required !== false, placeholder: o.placeholder || null, autocomplete: o.autocomplete || "off" });
   const hint = o.hint ? el("span", { id: id + "-hint", class: "muted", text: o.hint }) : null;
   if (hint) input.setAttribute("aria-describedby", id + "-hint");
-  return el("div", { class: "stack" }, el("label", { for: id, text: label }), input, hint);
+  return el("div", { class: "stack" }, el("label", { for: id, text: label }), input, hint, o.qr ? qrControls(input, o.qr) : null);
+}
+
+// -- reading QR codes ---------------------------------------------------------------------
+// With jsQR (static/jsQR.js, vendored): a picture the user picks, or the camera, is decoded
+// here in the page; neither the picture nor the video leaves the browser.
+const QR_MAX_SIDE = 1280;
+
+function decodeQr(source, width, height, invert) {
+  // A phone photo has millions of pixels; a QR code is readable far smaller, and faster.
+  const scale = Math.min(1, QR_MAX_SIDE / Math.max(width, height, 1));
+  const w = Math.max(1, Math.round(width * scale));
+  const h = Math.max(1, Math.round(height * scale));
+  const canvas = el("canvas", { width: String(w), height: String(h) });
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(source, 0, 0, w, h);
+  const found = jsQR(context.getImageData(0, 0, w, h).data, w, h, { inversionAttempts: invert ? "attemptBoth" : "dontInvert" });
+  return found && found.data ? found.data : null;
+}
+
+// A "pick a QR picture" control and, where the browser has a camera API, "scan with camera",
+// both filling `input` with the text of the code. `what` names the code for screen readers.
+function qrControls(input, what) {
+  const status = el("span", { class: "muted", id: input.id + "-qr-status", role: "status" });
+  const filled = (text) => {
+    input.value = text;
+    input.dispatchEvent(new Event("input", { bubbles: true }));
+    status.textContent = "Read from the QR code.";
+    input.focus();
+  };
+  const picker = el("input", { type: "file", accept: "image/*", id: input.id + "-qr-file", class: "visually-hidden", "aria-label": "Pick a QR picture of " + what });
+  picker.addEventListener("change", async () => {
+    const file = picker.files && picker.files[0];
+    picker.value = "";
+    if (!file) return;
+    status.textContent = "Reading the picture…";
+    try {
+      const image = await createImageBitmap(file);
+      const text = decodeQr(image, image.width, image.height, true);
+      image.close();
+      if (text) filled(text);
+      else status.textContent = "No QR code found in this picture. Try a sharper or closer one.";
+    } catch (err) {
+      status.textContent = "This file is not a picture this browser can read.";
+    }
+  });
+  const controls = el("div", { class: "row qr-in" }, picker, el("label", { for: picker.id, class: "button secondary", text: "Pick a QR picture" }));
+  if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+    const video = el("video", { class: "qr-video", muted: true, playsinline: true, "aria-label": "Camera view", hidden: true });
+    let stream = null;
+    let timer = null;
+    const stop = () => {
+      if (timer) clearInterval(timer);
+      timer = null;
+      if (stream) for (const track of stream.getTracks()) track.stop();
+      stream = null;
+      video.srcObject = null;
+      video.hidden = true;
+      scan.textContent = "Scan with camera";
+    };
+    const scan = el("button", { type: "button", class: "secondary", text: "Scan with camera", "aria-label": "Scan with camera: " + what, onclick: async () => {
+      if (stream) { stop(); status.textContent = ""; return; }
+      try {
+        stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+      } catch (err) {
+        status.textContent = err.name === "NotAllowedError" ? "The camera was not allowed. Pick a picture of the code instead." : "No camera to use. Pick a picture of the code instead.";
+        return;
+      }
+      video.muted = true;
+      video.srcObject = stream;
+      video.hidden = false;
+      scan.textContent = "Stop camera";
+      status.textContent = "Hold the QR code in front of the camera…";
+      await video.play().catch(() => null);
+      timer = setInterval(() => {
+        // The user went to another screen: let the camera go.
+        if (!video.isConnected) { stop(); return; }
+        if (video.readyState < 2 || !video.videoWidth) return;
+        const text = decodeQr(video, video.videoWidth, video.videoHeight, false);
+        if (text) { stop(); filled(text); }
+      }, 250);
+    } });
+    controls.append(scan, video);
+  }
+  controls.append(status);
+  return controls;
 }
 
 function value(formNode, name) {
@@ -106,12 +191,12 @@ async function go(view, arg) {
   if (view === "members") ui.group = arg;
   if (view === "safety") ui.safety = arg;
   // The section the view belongs to is marked current in the navigation.
-  const section = { chat: "chats", members: "chats", safety: "chats", setup: "" }[view] ?? view;
+  const section = { chat: "chats", members: "chats", safety: "chats", setup: "", unlock: "" }[view] ?? view;
   for (const button of document.querySelectorAll("#nav button")) {
     if (button.dataset.view === section) button.setAttribute("aria-current", "page");
     else button.removeAttribute("aria-current");
   }
-  if (view !== "setup") {
+  if (view !== "setup" && view !== "unlock") {
     try { await refresh(); } catch (err) { announce(err.message); }
   }
   renderChatList();
@@ -122,6 +207,7 @@ async function go(view, arg) {
 async function renderView() {
   try {
     switch (ui.view) {
+      case "unlock": return viewUnlock();
       case "setup": return viewSetup();
       case "chat": return await viewChat(true);
       case "add": return viewAdd();
@@ -143,9 +229,32 @@ function viewChats() {
   return show("chats", "Chats", el("p", { class: "muted", text: chats.length ? "Choose a chat from the list." : "No chats yet: add a contact from their invite link, or give them yours." }));
 }
 
+// `samizdat ui --unlock-in-browser`: the passphrase is asked here, not on a terminal.
+function viewUnlock() {
+  const fresh = !ui.state.exists;
+  const fields = [field(fresh ? "Choose a passphrase" : "Passphrase", "passphrase", { type: "password", autocomplete: fresh ? "new-password" : "current-password",
+    hint: fresh ? "It encrypts your keys and messages on this computer. Nobody can recover it for you." : null })];
+  if (fresh) fields.push(field("The same passphrase again", "again", { type: "password", autocomplete: "new-password" }));
+  const unlock = form(fresh ? "Choose your passphrase" : "Unlock", fields, fresh ? "Continue" : "Unlock", async (f) => {
+    const secret = value(f, "passphrase");
+    if (fresh && secret !== value(f, "again")) throw new Error("The two passphrases differ.");
+    try {
+      const answer = await act("unlock", { passphrase: secret });
+      announce(answer.ready ? "Unlocked." : "Passphrase chosen.");
+    } finally {
+      f.reset();
+    }
+    await refresh();
+    await go(ui.state.ready ? "chats" : "setup");
+  });
+  document.body.classList.add("in-view");
+  return show("unlock", fresh ? "Choose a passphrase" : "Unlock samizdat",
+    el("p", { text: fresh ? "First choose the passphrase that protects samizdat on this computer." : "Enter your passphrase to open your messages." }), unlock);
+}
+
 function viewSetup() {
   const create = form("Create your identity", [
-    field("Server link", "server", { multiline: true, hint: "The samizdat:server/… link your server's operator gave you (the text of its QR code)." }),
+    field("Server link", "server", { multiline: true, qr: "the server", hint: "The samizdat:server/… link your server's operator gave you (the text of its QR code)." }),
     field("Your name", "name", { hint: "What your contacts see. No phone number, no e-mail." }),
   ], "Create identity", async (f) => {
     await act("setup", { server: value(f, "server"), name: value(f, "name") });
@@ -154,7 +263,7 @@ function viewSetup() {
     await go("chats");
   });
   const join = form("Link to an existing user", [
-    field("Link code from your other device", "code", { multiline: true, hint: "On the other device open Devices, then Link a new device." }),
+    field("Link code from your other device", "code", { multiline: true, qr: "the link code", hint: "On the other device open Devices, then Link a new device." }),
   ], "Link this device", async (f) => {
     await act("join", { code: value(f, "code") });
     announce("Waiting for the other device…");
@@ -247,7 +356,7 @@ function fileControls(chat) {
     const row = el("p", { class: "transfer" }, "Sending " + file.name + " ", bar);
     progress.append(row);
     try {
-      const url = `/api/upload?name=${encodeURIComponent(chat.name)}&filename=${encodeURIComponent(file.name)}`;
+      const url = `/api/upload?kind=${encodeURIComponent(chat.kind)}&name=${encodeURIComponent(chat.name)}&filename=${encodeURIComponent(file.name)}`;
       const response = await fetch(url, { method: "POST", credentials: "same-origin", headers: { "X-Samizdat-Request": "1", "Content-Type": "application/octet-stream" }, body: file });
       const answer = await response.json().catch(() => ({ error: response.statusText }));
       if (!response.ok) throw new Error(answer.error || "upload failed");
@@ -365,7 +474,7 @@ function viewAdd() {
     }
   } });
   const add = form("Add a contact from their link", [
-    field("Their invite link", "link", { multiline: true, hint: "The samizdat:invite/… text they sent you, or the text of their QR code." }),
+    field("Their invite link", "link", { multiline: true, qr: "their invite", hint: "The samizdat:invite/… text they sent you, or the text of their QR code." }),
     field("Name for them", "name"),
   ], "Add contact", async (f) => {
     const answer = await act("add_contact", { link: value(f, "link"), name: value(f, "name") });
@@ -481,7 +590,7 @@ async function viewDevices() {
 }
 
 function relayForm(after) {
-  return form("Add a relay", [field("Relay link", "link", { multiline: true, hint: "A samizdat:relay/… link from someone who runs a relay outside the block." })], "Add relay", async (f) => {
+  return form("Add a relay", [field("Relay link", "link", { multiline: true, qr: "the relay", hint: "A samizdat:relay/… link from someone who runs a relay outside the block." })], "Add relay", async (f) => {
     await act("relay_add", { link: value(f, "link") });
     f.reset();
     announce("Relay added. Connecting…");
@@ -564,10 +673,11 @@ async function refresh() {
   $("nav").hidden = !ready;
   $("sidebar").hidden = !ready;
   if (!ready) {
-    if (ui.view !== "setup") { ui.view = "setup"; await renderView(); }
+    const want = ui.state.locked ? "unlock" : "setup";
+    if (ui.view !== want) { ui.view = want; await renderView(); }
     return;
   }
-  if (ui.view === "setup") ui.view = "chats";
+  if (ui.view === "setup" || ui.view === "unlock") ui.view = "chats";
   renderChatList();
   renderBadge();
 }
@@ -671,7 +781,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   try {
     await refresh();
-    await go(ui.state.ready ? "chats" : "setup");
+    await go(ui.state.ready ? "chats" : ui.state.locked ? "unlock" : "setup");
   } catch (err) {
     $("main").replaceChildren(el("p", { class: "error", role: "alert", text: err.message }));
   }
