@@ -15,13 +15,20 @@ identity, both endpoints in the descriptor; pairs' home links alternate between 
 The faults take turns: SIGKILL node A, SIGKILL node B, "restart PostgreSQL". The last
 is simulated (the machine's PostgreSQL is shared): the nodes reach it through a loopback
 TCP proxy that aborts every connection and refuses new ones for ``--pg-downtime``
-seconds (tests/faults/cluster.py).
+seconds (tests/faults/cluster.py). On a machine of your own, restart it for real:
+
+    .venv/bin/python bench/faults.py --nodes 2 --messages 2000 --kills 12 \
+        --pg-restart-command "pg_ctlcluster 15 main restart -m immediate"
+
+(``-m immediate`` stops PostgreSQL without a checkpoint, so it starts with crash recovery;
+nothing else may be using that PostgreSQL meanwhile.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +42,8 @@ from tests.faults.workload import Outcome, run_workload  # noqa: E402
 async def _two_nodes(args: argparse.Namespace, root: Path) -> Outcome:
     async with two_nodes(root, args.seed) as cluster:
         cluster.pg_downtime = args.pg_downtime
+        if args.pg_restart_command:
+            cluster.pg_restart_command = shlex.split(args.pg_restart_command)
         out = await run_workload(
             cluster.a,
             root,
@@ -99,6 +108,11 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, choices=(1, 2), default=1)
     parser.add_argument(
         "--pg-downtime", type=float, default=1.0, help="seconds PostgreSQL is unreachable"
+    )
+    parser.add_argument(
+        "--pg-restart-command",
+        default="",
+        help="restart the real PostgreSQL with this command instead of cutting the proxy",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     raise SystemExit(asyncio.run(_main(parser.parse_args())))

@@ -97,6 +97,9 @@ class Cluster:
     rng: random.Random
     #: Seconds PostgreSQL stays unreachable in a simulated restart.
     pg_downtime: float = 1.0
+    #: A command that restarts the real PostgreSQL (bench/faults.py on a machine of its
+    #: own); empty: simulate the restart at the proxy.
+    pg_restart_command: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=lambda: ["kill node a", "kill node b", "pg restart"])
 
     @property
@@ -109,7 +112,11 @@ class Cluster:
     async def inject(self, k: int) -> str:
         """One fault, taking the kinds in turn (in a seeded order): the workload's Inject."""
         kind = self.kinds[k % len(self.kinds)]
-        if kind == "pg restart":
+        if kind == "pg restart" and self.pg_restart_command:
+            proc = await asyncio.create_subprocess_exec(*self.pg_restart_command)
+            if await proc.wait() != 0:
+                raise RuntimeError(f"{self.pg_restart_command[0]} failed")
+        elif kind == "pg restart":
             await self.proxy.restart(self.pg_downtime)
         else:
             node = self.a if kind == "kill node a" else self.b
