@@ -8,181 +8,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import multiprocessing as mp
 import os
 import secrets
-import ssl
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
-import websockets
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-from openloop import cpu_seconds, open_loop, percentile
-from samizdat.crypto.signing import SigningKey
-from samizdat.protocol import frames as f
-from samizdat.protocol.descriptor import Descriptor, open_descriptor
-from samizdat.protocol.keys import (
-    AUTH_CONTEXT,
-    DEVICE_LIST_CONTEXT,
-    DeviceKeys,
-    DeviceList,
-    SignedDeviceList,
-    auth_message,
-    device_id_for,
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from openloop import cpu_seconds, percentile  # noqa: E402
+from rawclient import (  # noqa: E402
+    BenchError,
+    RawConn,
+    Recipient,
+    Server,
+    enable_pinning,
+    open_conn,
+    register_many,
+    run,
+    subscribe,
 )
-from samizdat.protocol.links import decode_server_link
+from samizdat.protocol import frames as f  # noqa: E402
+
+__all__ = ["BODY_SIZE", "Recipient", "_receiver_process", "_sender_process", "_setup"]
 
 BODY_SIZE = 1024  # one padding bucket: what a short text message occupies
-
-
-@dataclass(frozen=True)
-class Recipient:
-    device_id: bytes
-    token: bytes
-    seed: bytes  # the device's Ed25519 seed, to authenticate its subscriber
-
-
-def _descriptor(link: str) -> Descriptor:
-    return open_descriptor(decode_server_link(link).descriptor, int(time.time() * 1000))
-
-
-def _ssl_context(descriptor: Descriptor) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=descriptor.tls_ca)
-    return ctx
-
-
-class Conn:
-    """A minimal raw protocol connection (the bench drives the server, not the client)."""
-
-    def __init__(self, ws: Any, welcome: f.Welcome) -> None:
-        self.ws = ws
-        self.welcome = welcome
-        self.rid = 0
-
-    @classmethod
-    async def open(cls, link: str, open_timeout: float = 10) -> Conn:
-        descriptor = _descriptor(link)
-        ws = await websockets.connect(
-            descriptor.endpoints[0].url,
-            ssl=_ssl_context(descriptor),
-            max_size=2**20,
-            open_timeout=open_timeout,
-        )
-        peer = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        spki = (
-            x509.load_der_x509_certificate(peer)
-            .public_key()
-            .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        )
-        if hashlib.sha256(spki).digest() != descriptor.tls_pin:
-            raise SystemExit("TLS pin mismatch")
-        await ws.send(f.encode(f.Hello(versions=[1], client="bench")))
-        raw = await ws.recv()
-        assert isinstance(raw, bytes)
-        welcome = f.decode_server_frame(raw)
-        assert isinstance(welcome, f.Welcome), welcome
-        return cls(ws, welcome)
-
-    def next_rid(self) -> int:
-        self.rid += 1
-        return self.rid
-
-    async def call(self, frame: f.ClientFrame) -> f.ServerFrame:
-        await self.ws.send(f.encode(frame))
-        while True:
-            raw = await self.ws.recv()
-            assert isinstance(raw, bytes)
-            reply = f.decode_server_frame(raw)
-            if not isinstance(reply, f.Deliver):
-                if isinstance(reply, f.Error):
-                    raise SystemExit(f"server error {reply.code}: {reply.message}")
-                return reply
-
-
-async def _register(link: str) -> Recipient:
-    conn = await Conn.open(link)
-    user = SigningKey.generate()
-    device = SigningKey.generate()
-    device_id = device_id_for(device.public_bytes)
-    keys = DeviceKeys(
-        device_id=device_id,
-        signing_key=device.public_bytes,
-        identity_key=secrets.token_bytes(32),
-        sealing_key=secrets.token_bytes(32),
-    )
-    body = msgspec.msgpack.encode(
-        DeviceList(
-            user_key=user.public_bytes,
-            devices=[keys],
-            version=1,
-            issued_at=int(time.time() * 1000),
-        )
-    )
-    signed = SignedDeviceList(body=body, signature=user.sign(DEVICE_LIST_CONTEXT, body))
-    server_key = _descriptor(link).server_key
-    proof = device.sign(AUTH_CONTEXT, auth_message(server_key, conn.welcome.nonce, device_id))
-    await conn.call(f.Register(rid=conn.next_rid(), device=keys, devices=signed, proof=proof))
-    token = secrets.token_bytes(32)
-    await conn.call(f.AddToken(rid=conn.next_rid(), token=token))
-    await conn.ws.close()
-    return Recipient(device_id, token, device.secret_bytes())
-
-
-async def _subscribe(link: str, recipient: Recipient, open_timeout: float = 10) -> Conn:
-    conn = await Conn.open(link, open_timeout)
-    device = SigningKey.from_secret_bytes(recipient.seed)
-    server_key = _descriptor(link).server_key
-    proof = device.sign(
-        AUTH_CONTEXT, auth_message(server_key, conn.welcome.nonce, recipient.device_id)
-    )
-    await conn.call(f.Auth(rid=conn.next_rid(), device_id=recipient.device_id, proof=proof))
-    await conn.call(f.Subscribe(rid=conn.next_rid(), after=0))
-    return conn
-
-
-def _body(scheduled_ns: int) -> bytes:
-    return struct.pack(">q", scheduled_ns) + os.urandom(BODY_SIZE - 8)
-
-
-class DepositConn:
-    """A sender connection with many deposits in flight, matched to replies by rid."""
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
-        self.pending: dict[int, asyncio.Future[None]] = {}
-        self.reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        async for raw in self.conn.ws:
-            assert isinstance(raw, bytes)
-            reply = f.decode_server_frame(raw)
-            if isinstance(reply, f.DepositOk):
-                self.pending.pop(reply.rid).set_result(None)
-            elif isinstance(reply, f.Error):
-                raise SystemExit(f"deposit refused: {reply.code} {reply.message}")
-
-    async def deposit(self, target: Recipient, body: bytes) -> None:
-        rid = self.conn.next_rid()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending[rid] = fut
-        envelope = f.Envelope(device_id=target.device_id, msg_id=os.urandom(16), body=body)
-        await self.conn.ws.send(
-            f.encode(f.Deposit(rid=rid, token=target.token, envelopes=[envelope]))
-        )
-        await fut
+_STAMP = struct.Struct(">q")
+_COUNTER = struct.Struct(">Q")
+_TICK = 0.001  # the open-loop schedule releases what is due every millisecond
 
 
 async def _sender(
@@ -192,24 +51,113 @@ async def _sender(
     in_flight: int,
     rate: float | None,
     duration: float,
-) -> tuple[int, float]:
-    """Deposit for ``duration`` s; ``rate`` None means as fast as acknowledgements allow.
+) -> tuple[int, float, float]:
+    """Deposit for ``duration`` s; ``rate`` None means as fast as acknowledgements allow
+    (``in_flight`` deposits outstanding per connection, the next sent from the DepositOk
+    callback of the last).
 
-    With a rate, every lane sends on a fixed schedule and stamps each envelope with its
-    *scheduled* time, so a server that stalls is charged for the delay it caused.
+    With a rate, deposit k is *scheduled* at start + k/rate and stamped with that time (so a
+    server that stalls is charged for the delay it caused: coordinated omission corrected);
+    a timer every millisecond releases what is due, at most ``connections * in_flight``
+    outstanding (deposits over that wait, keeping their stamp). Deposit k goes on connection
+    k mod ``connections`` for recipient k mod ``len(recipients)`` (with as many connections
+    as recipients, lane i always deposits for recipient i). Every deposit scheduled before
+    the end is sent and awaited. Returns (deposits acknowledged, seconds, CPU seconds this
+    process used meanwhile).
     """
-    conns = [DepositConn(await Conn.open(link)) for _ in range(connections)]
+    server = Server(link)
+    conns = [await open_conn(server) for _ in range(connections)]
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    pad = os.urandom(BODY_SIZE - 8)
+    id_prefix = os.urandom(8)
     lanes = connections * in_flight
+    acked = outstanding = scheduled = 0
+    stopped = False
+    errors: list[str] = []
+    waiting: deque[int] = deque()
+    start = time.perf_counter()
+    stop = start + duration
+    start_ns = time.time_ns()
+    cpu_start = time.process_time()
 
-    async def send(slot: int, n: int, scheduled: int) -> None:
-        target = recipients[(slot + n * lanes) % len(recipients)]
-        await conns[slot % connections].deposit(target, _body(scheduled))
+    def send(conn: RawConn, k: int, stamp: int, reply: Callable[[f.ServerFrame], None]) -> None:
+        nonlocal outstanding
+        outstanding += 1
+        msg_id = id_prefix + _COUNTER.pack(k)  # unique without a getrandom() per deposit
+        conn.deposit(recipients[k % len(recipients)], _STAMP.pack(stamp) + pad, reply, msg_id)
 
-    acked, elapsed = await open_loop(lanes, rate, duration, send)
-    for conn in conns:
-        conn.reader.cancel()
-        await conn.conn.ws.close()
-    return acked, elapsed
+    def counted(reply: f.ServerFrame) -> None:
+        nonlocal outstanding, acked
+        outstanding -= 1
+        if isinstance(reply, f.Error):
+            errors.append(reply.code)
+        else:
+            acked += 1
+
+    def finish_if_done() -> None:
+        if stopped and outstanding == 0 and not waiting and not done.done():
+            done.set_result(None)
+
+    if rate is None:
+
+        def closed_loop(conn: RawConn) -> Callable[[f.ServerFrame], None]:
+            def on_reply(reply: f.ServerFrame) -> None:
+                nonlocal scheduled, stopped
+                counted(reply)
+                if time.perf_counter() < stop:
+                    scheduled += 1
+                    send(conn, scheduled, time.time_ns(), on_reply)
+                else:
+                    stopped = True
+                    finish_if_done()
+
+            return on_reply
+
+        for conn in conns:
+            on_reply = closed_loop(conn)
+            for _ in range(in_flight):
+                scheduled += 1
+                send(conn, scheduled, time.time_ns(), on_reply)
+    else:
+        interval_ns = 1e9 / rate
+        total = int(duration * rate)
+
+        def on_reply(reply: f.ServerFrame) -> None:
+            counted(reply)
+            pump()
+            finish_if_done()
+
+        def pump() -> None:
+            while waiting and outstanding < lanes:
+                k = waiting.popleft()
+                send(conns[k % connections], k, start_ns + int(k * interval_ns), on_reply)
+
+        def tick() -> None:
+            nonlocal scheduled, stopped
+            now = time.perf_counter()
+            due = min(int((now - start) * rate) + 1, total)
+            waiting.extend(range(scheduled, due))
+            scheduled = max(scheduled, due)
+            pump()
+            if scheduled >= total:
+                stopped = True
+                finish_if_done()
+            else:  # at the next deposit's time, at most every millisecond
+                loop.call_later(max(_TICK, start + scheduled / rate - now), tick)
+
+        tick()
+
+    try:
+        await asyncio.wait_for(done, duration + 60)
+    finally:
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        for conn in conns:
+            await conn.wait_closed()
+    if errors:
+        raise BenchError(f"deposits refused: {sorted(set(errors))}")
+    return acked, elapsed, cpu
 
 
 def _sender_process(
@@ -221,61 +169,95 @@ def _sender_process(
     duration: float,
     out: Any,
 ) -> None:
-    out.put(asyncio.run(_sender(link, recipients, connections, in_flight, rate, duration)))
-
-
-async def _drain_backlog(conn: Conn, quiet: float = 1.0) -> None:
-    while True:
-        try:
-            raw = await asyncio.wait_for(conn.ws.recv(), quiet)
-        except TimeoutError:
-            return
-        assert isinstance(raw, bytes)
-        frame = f.decode_server_frame(raw)
-        if isinstance(frame, f.Deliver) and frame.entries:
-            await conn.ws.send(f.encode(f.Ack(rid=conn.next_rid(), up_to=frame.entries[-1].seq)))
+    try:
+        out.put(run(_sender(link, recipients, connections, in_flight, rate, duration)))
+    except BaseException as exc:  # the parent waits on ``out``: never leave it hanging
+        out.put(_failed(exc))
+        raise
 
 
 async def _receiver(
-    link: str, recipients: list[Recipient], expect_seconds: float, ready: Any, out: Any
-) -> None:
-    conns = [await _subscribe(link, r) for r in recipients]
-    # Take the backlog of earlier phases first, so it does not delay this phase.
-    await asyncio.gather(*(_drain_backlog(c) for c in conns))
+    link: str, recipients: list[Recipient], expect_seconds: float, ready: Any
+) -> tuple[list[int], float]:
+    """Subscribe every recipient (callbacks, one cumulative Ack per socket read), take the
+    backlog of earlier phases unmeasured, then set ``ready`` and record each entry's latency
+    from its scheduled send time. Stops ``expect_seconds - 5`` s after ready (callers pass
+    the senders' duration + 5) once nothing arrived for 1 s, and at ``expect_seconds`` at
+    the latest. Returns the latencies (ns) and the CPU seconds used after ready."""
+    server = Server(link)
     latencies: list[int] = []
+    phase_start = 1 << 62  # nothing is measured until ready
+    last_arrival = time.monotonic()
+    measured = 0
+
+    def on_deliver(conn: RawConn, entries: list[f.Entry], now: int) -> None:
+        nonlocal last_arrival, measured
+        last_arrival = time.monotonic()
+        for entry in entries:
+            stamp = _STAMP.unpack_from(entry.body)[0]
+            if stamp >= phase_start:
+                latencies.append(now - stamp)
+        measured = len(latencies)
+
+    sem = asyncio.Semaphore(64)
+
+    async def one(r: Recipient) -> RawConn:
+        async with sem:
+            return await subscribe(server, r, on_deliver)
+
+    conns = await asyncio.gather(*(one(r) for r in recipients))
+    # Take the backlog of earlier phases first, so it does not delay this phase.
+    while time.monotonic() - last_arrival < 1.0:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
     phase_start = time.time_ns()
     ready.set()
-    idle_deadline = time.monotonic() + expect_seconds
-
-    async def drain(conn: Conn) -> None:
-        while True:
-            remaining = idle_deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            try:
-                raw = await asyncio.wait_for(conn.ws.recv(), remaining)
-            except TimeoutError:
-                return
-            assert isinstance(raw, bytes)
-            frame = f.decode_server_frame(raw)
-            if isinstance(frame, f.Deliver):
-                now = time.time_ns()
-                for entry in frame.entries:
-                    stamp = struct.unpack(">q", entry.body[:8])[0]
-                    if stamp >= phase_start:  # the backlog of earlier phases is not measured
-                        latencies.append(now - stamp)
-                if frame.entries:
-                    rid = conn.next_rid()
-                    await conn.ws.send(f.encode(f.Ack(rid=rid, up_to=frame.entries[-1].seq)))
-
-    await asyncio.gather(*(drain(c) for c in conns))
-    out.put(latencies)
+    cpu_start = time.process_time()
+    t0 = time.monotonic()
+    end, cap = t0 + max(expect_seconds - 5, 0.5), t0 + expect_seconds
+    while True:
+        now = time.monotonic()
+        if now >= cap or (now >= end and measured and now - last_arrival >= 1.0):
+            break
+        await asyncio.sleep(0.05)
+    cpu = time.process_time() - cpu_start
+    for conn in conns:
+        await conn.wait_closed()
+    return latencies, cpu
 
 
 def _receiver_process(
     link: str, recipients: list[Recipient], expect_seconds: float, ready: Any, out: Any
 ) -> None:
-    asyncio.run(_receiver(link, recipients, expect_seconds, ready, out))
+    """Puts the latencies (ns) on ``out`` (what peers/compare.py's ladder expects)."""
+    try:
+        out.put(run(_receiver(link, recipients, expect_seconds, ready))[0])
+    except BaseException as exc:
+        ready.set()
+        out.put(_failed(exc))
+        raise
+
+
+def _measured_receiver_process(
+    link: str, recipients: list[Recipient], expect_seconds: float, ready: Any, out: Any
+) -> None:
+    """Puts (latencies, CPU seconds) on ``out``."""
+    try:
+        out.put(run(_receiver(link, recipients, expect_seconds, ready)))
+    except BaseException as exc:
+        ready.set()
+        out.put(_failed(exc))
+        raise
+
+
+def _failed(exc: BaseException) -> SystemExit:
+    return SystemExit(f"load generator failed: {type(exc).__name__}: {exc}")
+
+
+def _check(result: Any) -> Any:
+    """A load generator's result, or its failure raised here."""
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _start_server(data_dir: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -331,7 +313,7 @@ def _stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
 
 def _run_senders(
     link: str, recipients: list[Recipient], args: argparse.Namespace, rate: float | None
-) -> tuple[int, float]:
+) -> tuple[int, float, float]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     per_process_rate = rate / args.processes if rate else None
@@ -352,10 +334,10 @@ def _run_senders(
     ]
     for p in procs:
         p.start()
-    results = [out.get() for _ in procs]
+    results = [_check(out.get()) for _ in procs]
     for p in procs:
         p.join()
-    return sum(r[0] for r in results), max(r[1] for r in results)
+    return sum(r[0] for r in results), max(r[1] for r in results), sum(r[2] for r in results)
 
 
 def main() -> None:
@@ -395,6 +377,20 @@ def main() -> None:
         help="with --store: subscribers on node A too, so no wake-up crosses Redis (to "
         "measure what the Redis hop adds)",
     )
+    parser.add_argument(
+        "--receivers", type=int, default=1, help="receiver processes (recipients split)"
+    )
+    parser.add_argument(
+        "--null-server",
+        action="store_true",
+        help="drive bench/null_server.py instead of samizdat (the load generator's ceiling)",
+    )
+    parser.add_argument("--no-saturation", action="store_true", help="skip the saturation phase")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the server to core 0 and the load generators to core 1",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="samizdat-bench-") as tmp:
@@ -412,6 +408,11 @@ def main() -> None:
             if args.same_node:
                 recv_link = link
                 what += "; subscribers on the depositing node"
+        elif args.null_server:
+            server, link = _start_null_server(Path(tmp) / "null")
+            recv_link = link
+            servers = [server]
+            what = "bench/null_server.py (NOT samizdat: answers, pushes, stores nothing)"
         else:
             server, link = _start_server(Path(tmp) / "server", [])
             recv_link = link
@@ -419,50 +420,79 @@ def main() -> None:
             what = "1 process, SQLite (WAL, synchronous=FULL)"
         server = servers[0]
         try:
-            recipients = asyncio.run(_setup(recv_link, args.recipients))
+            pinning = enable_pinning([s.pid for s in servers], not args.no_pin)
+            recipients = run(_setup(recv_link, args.recipients))
             print(f"server: {what}; {os.cpu_count()} cores")
+            print(pinning)
             print(
                 f"body: {BODY_SIZE} B; senders: {args.processes} proc x {args.connections} "
-                f"conn x {args.in_flight} in flight; {args.recipients} recipient devices"
+                f"conn x {args.in_flight} in flight; {args.recipients} recipient devices "
+                f"in {args.receivers} receiver proc; generator: bench/rawclient.py (picows, "
+                f"uvloop, one cumulative Ack per socket read)"
             )
-            profile_saturation = args.profile if args.profile_rate is None else None
-            profiler = _start_profiler(server.pid, profile_saturation, args.duration)
-            cpu_before = cpu_seconds(server.pid)
-            acked, elapsed = _run_senders(link, recipients, args, None)
-            cpu = cpu_seconds(server.pid) - cpu_before
-            _stop_profiler(profiler)
-            print(
-                f"saturation: {acked / elapsed:,.0f} envelopes/s durable "
-                f"({acked} in {elapsed:.1f} s); server CPU {cpu / elapsed:.0%} of a core, "
-                f"{cpu / max(acked, 1) * 1e6:.0f} us per deposit"
-            )
+            if not args.no_saturation:
+                profile_saturation = args.profile if args.profile_rate is None else None
+                profiler = _start_profiler(server.pid, profile_saturation, args.duration)
+                cpu_before = cpu_seconds(server.pid)
+                acked, elapsed, gen = _run_senders(link, recipients, args, None)
+                cpu = cpu_seconds(server.pid) - cpu_before
+                _stop_profiler(profiler)
+                print(
+                    f"saturation: {acked / elapsed:,.0f} envelopes/s durable "
+                    f"({acked} in {elapsed:.1f} s); server CPU {cpu / elapsed:.0%} of a core, "
+                    f"{cpu / max(acked, 1) * 1e6:.0f} us per deposit; generator CPU "
+                    f"{gen / max(acked, 1) * 1e6:.0f} us per deposit"
+                )
             print(
                 f"{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-                f"{'p99.9 ms':>9} {'n':>7} {'us/env':>7}"
+                f"{'p99.9 ms':>9} {'n':>7} {'us/env':>7} {'gen us/env':>10} {'gen core':>8}"
             )
+            passed: list[tuple[float, float]] = []  # (delivered/s, generator us/env)
             for rate in (float(r) for r in args.rates.split(",")):
                 ctx = mp.get_context("spawn")
                 ready, out = ctx.Event(), ctx.Queue()
-                receiver = ctx.Process(
-                    target=_receiver_process,
-                    args=(recv_link, recipients, args.duration + 5, ready, out),
-                )
-                receiver.start()
-                ready.wait(60)
+                share = -(-len(recipients) // args.receivers)
+                receivers = [
+                    ctx.Process(
+                        target=_measured_receiver_process,
+                        args=(recv_link, recipients[i : i + share], args.duration + 5, ready, out),
+                    )
+                    for i in range(0, len(recipients), share)
+                ]
+                for receiver in receivers:
+                    receiver.start()
+                    ready.wait(60)  # one at a time: each takes its backlog unmeasured
+                    ready.clear()
                 profiler = None
                 if args.profile_rate == rate:
                     profiler = _start_profiler(server.pid, args.profile, args.duration)
                 cpu_before = sum(cpu_seconds(s.pid) for s in servers)
-                acked, elapsed = _run_senders(link, recipients, args, rate)
-                latencies = sorted(out.get())
-                receiver.join()
+                acked, elapsed, gen = _run_senders(link, recipients, args, rate)
+                results = [_check(out.get()) for _ in receivers]
+                latencies = sorted(x for r in results for x in r[0])
+                gen += sum(r[1] for r in results)
+                for receiver in receivers:
+                    receiver.join()
                 cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
                 _stop_profiler(profiler)
+                n = max(len(latencies), 1)
                 print(
                     f"{rate:>10,.0f} {acked / elapsed:>11,.0f} "
                     f"{percentile(latencies, 0.50):>8.1f} {percentile(latencies, 0.99):>8.1f} "
                     f"{percentile(latencies, 0.999):>9.1f} {len(latencies):>7} "
-                    f"{cpu / max(len(latencies), 1) * 1e6:>7.0f}"
+                    f"{cpu / n * 1e6:>7.0f} {gen / n * 1e6:>10.0f} {gen / elapsed:>8.0%}"
+                )
+                expected = int(args.duration * rate / args.processes) * args.processes
+                if len(latencies) >= expected and percentile(latencies, 0.99) <= 50:
+                    passed.append((len(latencies) / elapsed, gen / n * 1e6))
+            if args.null_server:
+                best = max(passed, default=(0.0, float("nan")))
+                print(
+                    f"load generator ceiling: {best[0]:,.0f} envelopes/s delivered at p99 <= 50 "
+                    f"ms, nothing lost (best step); its CPU there {best[1]:.0f} us per envelope "
+                    f"(senders + receivers) = at most {1e6 / best[1]:,.0f}/s on one whole core"
+                    if passed
+                    else "load generator ceiling: no step passed p99 <= 50 ms with nothing lost"
                 )
         finally:
             for proc in servers:
@@ -483,7 +513,24 @@ async def _pg_schema(url: str, statement: str) -> None:
 
 
 async def _setup(link: str, count: int) -> list[Recipient]:
-    return [await _register(link) for _ in range(count)]
+    recipients: list[Recipient] = await register_many(Server(link), count)
+    return recipients
+
+
+def _start_null_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/null_server.py: the protocol without a server behind it (generator ceiling)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / "null_server.py"), str(data_dir)],
+        stdout=subprocess.DEVNULL,
+    )
+    link_file = data_dir / "server-link"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if link_file.exists():
+            return proc, link_file.read_text().strip()
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("null server did not start")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Starts one ``samizdat server`` (SQLite), deposits ``--queued`` envelopes for one device
 while it is offline, then subscribes as that device and times until every entry arrived
-(acknowledging each Deliver frame as a client does). Everything binds to 127.0.0.1.
+(acknowledging as a client does: one cumulative Ack per socket read, bench/rawclient.py).
+Everything binds to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -16,55 +17,61 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deposit_delivery import (  # noqa: E402
-    BODY_SIZE,
-    Conn,
-    DepositConn,
-    _register,
-    _start_server,
-    _subscribe,
+from deposit_delivery import BODY_SIZE, _start_null_server, _start_server  # noqa: E402
+from rawclient import (  # noqa: E402
+    RawConn,
+    Server,
+    deposit_all,
+    enable_pinning,
+    register,
+    run,
+    subscribe,
 )
 from samizdat.protocol import frames as f  # noqa: E402
 
 
+async def _drain_once(server: Server, queued: int) -> float:
+    device = await register(server)
+    await deposit_all(server, [device] * queued, lambda: os.urandom(BODY_SIZE))
+    all_in: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    got = 0
+
+    def on_deliver(conn: RawConn, entries: list[f.Entry], now: int) -> None:
+        nonlocal got
+        got += len(entries)
+        if got >= queued and not all_in.done():
+            all_in.set_result(time.perf_counter())
+
+    t0 = time.perf_counter()
+    conn = await subscribe(server, device, on_deliver)  # TLS, hello, auth, subscribe
+    elapsed = await asyncio.wait_for(all_in, 60) - t0
+    await conn.wait_closed()
+    return elapsed
+
+
 async def _run(link: str, queued: int, rounds: int) -> list[float]:
-    times: list[float] = []
-    for _ in range(rounds):
-        device = await _register(link)
-        sender = DepositConn(await Conn.open(link))
-        for start in range(0, queued, 64):
-            await asyncio.gather(
-                *(
-                    sender.deposit(device, os.urandom(BODY_SIZE))
-                    for _ in range(min(64, queued - start))
-                )
-            )
-        sender.reader.cancel()
-        await sender.conn.ws.close()
-        t0 = time.perf_counter()
-        conn = await _subscribe(link, device)  # includes TLS, hello, auth, subscribe
-        got = 0
-        while got < queued:
-            frame = f.decode_server_frame(await conn.ws.recv())
-            if isinstance(frame, f.Deliver) and frame.entries:
-                got += len(frame.entries)
-                ack = f.Ack(rid=conn.next_rid(), up_to=frame.entries[-1].seq)
-                await conn.ws.send(f.encode(ack))
-        times.append(time.perf_counter() - t0)
-        await conn.ws.close()
-    return times
+    server = Server(link)
+    return [await _drain_once(server, queued) for _ in range(rounds)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--queued", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--null-server", action="store_true", help="bench/null_server.py")
+    parser.add_argument("--no-pin", action="store_true", help="no core pinning")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="samizdat-drain-") as tmp:
-        server, link = _start_server(Path(tmp) / "server", [])
+        if args.null_server:
+            server, link = _start_null_server(Path(tmp) / "null")
+        else:
+            server, link = _start_server(Path(tmp) / "server", [])
         try:
-            times = sorted(asyncio.run(_run(link, args.queued, args.rounds)))
-            print(f"server: 1 process, SQLite; {args.queued} queued envelopes of {BODY_SIZE} B")
+            pinning = enable_pinning([server.pid], not args.no_pin)
+            times = sorted(run(_run(link, args.queued, args.rounds)))
+            what = "bench/null_server.py" if args.null_server else "1 process, SQLite"
+            print(f"server: {what}; {args.queued} queued envelopes of {BODY_SIZE} B")
+            print(pinning)
             print(
                 "connect + auth + subscribe + drain + acks: "
                 + ", ".join(f"{t * 1e3:.0f}" for t in times)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import secrets
 import subprocess
 import sys
@@ -205,10 +206,31 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+@dataclass(frozen=True)
+class ServerCost:
+    """The server process's CPU seconds and bytes handed to write() so far (Linux /proc)."""
+
+    cpu_s: float
+    written: int
+
+    @classmethod
+    def of(cls, pid: int) -> ServerCost:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime + stime
+        io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return cls(ticks / os.sysconf("SC_CLK_TCK"), int(io["wchar"]))
+
+    def since(self, before: ServerCost) -> str:
+        return (
+            f"server CPU {self.cpu_s - before.cpu_s:.2f} s,"
+            f" server wrote {(self.written - before.written) / 2**20:.1f} MiB"
+        )
+
+
 async def _main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        proc, link = _start_server(root / "server", [])
+        proc, link = _start_server(root / "server", ["--store", args.store] if args.store else [])
         try:
             t0 = time.perf_counter()
             members = await _register_members(link, args.users + 1, args.devices_per_user)
@@ -227,28 +249,33 @@ async def _main(args: argparse.Namespace) -> None:
                 )
                 uploads = Uploads()
                 db_before = _du(root / "server")
+                cost = ServerCost.of(proc.pid)
                 start = time.perf_counter()
                 name = await groups.create(sender, "bench", names)
                 created_s = time.perf_counter() - start
                 fanout_s = uploads.fanout_wait()
                 created = uploads.take()
                 db_growth = _du(root / "server") - db_before
+                create_cost = ServerCost.of(proc.pid).since(cost)
                 devices = len(members) * args.devices_per_user
                 print(f"member devices: {devices} (+ the admin's)")
                 print(
                     f"create (Olm sessions from claimed keys, room key to every device, state"
                     f" + {len(members) + 1} cards fanned out): {created_s * 1000:.0f} ms;"
                     f" uploaded {_kib(created)}; server data grew {db_growth / 2**20:.0f} MiB;"
-                    f" {fanout_s * 1000:.0f} ms of it waiting for the state fan-outs to be stored"
+                    f" {fanout_s * 1000:.0f} ms of it waiting for the state fan-outs to be stored;"
+                    f" {create_cost}"
                 )
                 texts: list[str] = []
                 rows = []
+                cost = ServerCost.of(proc.pid)
                 for i in range(args.messages):
                     text = f"message {i}"
                     start = time.perf_counter()
                     stats = await groups.send(sender, name, text)
                     rows.append((time.perf_counter() - start, stats, uploads.take()))
                     texts.append(text)
+                messages_cost = ServerCost.of(proc.pid).since(cost)
                 first_s, first, first_up = rows[0]
                 print(
                     f"first message (room keys already shared at create):"
@@ -263,6 +290,7 @@ async def _main(args: argparse.Namespace) -> None:
                         f" max {times[-1] * 1000:.1f} ms; uploaded {up / 1024:.1f} KiB each"
                         f" (one fanout: one Megolm body + the recipient list)"
                     )
+                print(f"all {len(rows)} messages: {messages_cost}")
                 # A rotation (as after a removal or 100 messages): a new Megolm session whose
                 # key goes to every device over the Olm sessions made at create.
                 with sender._store.locked():
@@ -305,6 +333,13 @@ def main() -> None:
     parser.add_argument("--devices-per-user", type=int, default=2)
     parser.add_argument("--messages", type=int, default=11, help="the first and the next ones")
     parser.add_argument("--sample", type=int, default=3, help="member devices that decrypt")
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="postgresql://...?search_path=SCHEMA (a fresh schema; default: SQLite). The"
+        " server CPU and bytes printed are then the samizdat process's only",
+    )
     asyncio.run(_main(parser.parse_args()))
 
 

@@ -2,10 +2,11 @@
 
 Starts one ``samizdat server`` (SQLite) and opens ``--connections`` TLS WebSockets that
 each complete the protocol hello and then stay idle, from ``--processes`` load-generator
-processes whose source addresses rotate over 127.0.0.2-127.0.0.9 (more source ports
-than one address allows). Reports the time to connect them all (a reconnect storm of
-fresh TLS handshakes) and the growth of the server's resident memory per connection.
-Everything binds to 127.0.0.0/8.
+processes (bench/rawclient.py, all on core 1 unless ``--no-pin``) whose source addresses
+rotate over 127.0.0.2-127.0.0.9 (more source ports than one address allows). Reports the
+time to connect them all (a storm of fresh TLS handshakes), the server's and the load
+generators' CPU per connection, and the growth of the server's resident memory per
+connection. Everything binds to 127.0.0.0/8.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,25 +21,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import websockets
-
-from samizdat.protocol import frames as f
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deposit_delivery import (  # noqa: E402
-    _descriptor,
-    _ssl_context,
+    _start_null_server,
     _start_profiler,
     _stop_profiler,
 )
 from openloop import cpu_seconds  # noqa: E402
-
-SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
-
-
-def _raise_nofile(wanted: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, wanted), hard), hard))
+from rawclient import (  # noqa: E402
+    SOURCES,
+    BenchError,
+    RawConn,
+    Server,
+    enable_pinning,
+    open_conn,
+    raise_nofile,
+    run,
+)
 
 
 def rss_kib(pid: int) -> int:
@@ -50,42 +48,51 @@ def rss_kib(pid: int) -> int:
 
 
 async def _hold(link: str, count: int, offset: int, hold: Any, done: Any) -> None:
-    descriptor = _descriptor(link)
-    ctx = _ssl_context(descriptor)
-    url = descriptor.endpoints[0].url
-    hello = f.encode(f.Hello(versions=[1], client="bench"))
-    conns: list[Any] = []
+    server = Server(link)
+    conns: list[RawConn] = []
     failures = 0
     sem = asyncio.Semaphore(64)  # handshakes in flight per process
+    cpu0 = time.process_time()
 
     async def one(i: int) -> None:
         nonlocal failures
         async with sem:
             try:
-                ws = await websockets.connect(
-                    url,
-                    ssl=ctx,
-                    local_addr=(SOURCES[(offset + i) % len(SOURCES)], 0),
-                    max_size=2**20,
-                    compression=None,
-                    open_timeout=60,
-                    ping_interval=None,
-                )
-                await ws.send(hello)
-                await ws.recv()
-                conns.append(ws)
-            except (OSError, websockets.WebSocketException, TimeoutError):
+                source = SOURCES[(offset + i) % len(SOURCES)]
+                conns.append(await open_conn(server, 60, (source, 0), fast_io=False))
+            except (OSError, BenchError, TimeoutError):
                 failures += 1
 
     await asyncio.gather(*(one(i) for i in range(count)))
-    done.put((len(conns), failures))
+    done.put((len(conns), failures, time.process_time() - cpu0))
     await asyncio.to_thread(hold.wait)
-    await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+    for conn in conns:
+        conn.close()
 
 
 def _hold_process(link: str, count: int, offset: int, hold: Any, done: Any) -> None:
-    _raise_nofile(count + 256)
-    asyncio.run(_hold(link, count, offset, hold, done))
+    raise_nofile(count + 256)
+    run(_hold(link, count, offset, hold, done))
+
+
+def _start(data_dir: Path, need: int, null: bool) -> tuple[subprocess.Popen[bytes], str]:
+    if null:
+        return _start_null_server(data_dir)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "samizdat", "server", "--data-dir", str(data_dir)]
+        + ["--listen", "127.0.0.1:0", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: raise_nofile(need),
+    )
+    link_file = data_dir / "server-link"
+    deadline = time.monotonic() + 30
+    while not (link_file.exists() and link_file.read_text().strip()):
+        if time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit("server did not start")
+        time.sleep(0.05)
+    return server, link_file.read_text().strip()
 
 
 def main() -> None:
@@ -99,26 +106,15 @@ def main() -> None:
         "for a .txt name, collapsed stacks), for --profile-seconds",
     )
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--null-server", action="store_true", help="bench/null_server.py")
+    parser.add_argument("--no-pin", action="store_true", help="no core pinning")
     args = parser.parse_args()
     need = args.connections + 1024
 
     with tempfile.TemporaryDirectory(prefix="samizdat-idle-") as tmp:
-        data_dir = Path(tmp) / "server"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "samizdat", "server", "--data-dir", str(data_dir)]
-            + ["--listen", "127.0.0.1:0", "--log-level", "warning"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=lambda: _raise_nofile(need),
-        )
+        server, link = _start(Path(tmp) / "server", need, args.null_server)
         try:
-            link_file = data_dir / "server-link"
-            deadline = time.monotonic() + 30
-            while not (link_file.exists() and link_file.read_text().strip()):
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not start")
-                time.sleep(0.05)
-            link = link_file.read_text().strip()
+            pinning = enable_pinning([server.pid], not args.no_pin)
             time.sleep(0.5)
             before = rss_kib(server.pid)
             cpu_before = cpu_seconds(server.pid)
@@ -141,10 +137,17 @@ def main() -> None:
             after = rss_kib(server.pid)
             held = sum(r[0] for r in results)
             failed = sum(r[1] for r in results)
-            print(f"server: 1 process, SQLite; clients: {args.processes} processes, TLS + hello")
+            gen = sum(r[2] for r in results)
+            what = "bench/null_server.py" if args.null_server else "1 process, SQLite"
+            print(
+                f"server: {what}; clients: {args.processes} processes (bench/rawclient.py), "
+                "TLS + hello"
+            )
+            print(pinning)
             print(
                 f"connected {held} of {args.connections} ({failed} failed) in {elapsed:.1f} s "
-                f"({held / elapsed:,.0f}/s); server CPU {cpu / max(held, 1) * 1e3:.2f} ms each"
+                f"({held / elapsed:,.0f}/s); server CPU {cpu / max(held, 1) * 1e3:.2f} ms each, "
+                f"load generators' CPU {gen / max(held, 1) * 1e3:.2f} ms each"
             )
             print(
                 f"server RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB: "

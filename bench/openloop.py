@@ -1,7 +1,9 @@
 """The open-loop load method shared by every bench that compares latency at an offered rate.
 
-`deposit_delivery.py` (samizdat) and `peers/` (Synapse, ejabberd) drive their servers with the
-same schedule and summarise with the same percentile code, so their figures compare.
+`peers/` (Synapse, ejabberd) drive their servers with this schedule; `deposit_delivery.py`
+(samizdat, through `rawclient.py`) keeps the same schedule (deposit k at start + k/rate, stamped
+with that time, at most as many outstanding as lanes) driven by a timer callback instead of a
+task per lane; all summarise with the same percentile code, so their figures compare.
 """
 
 from __future__ import annotations

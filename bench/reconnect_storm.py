@@ -2,11 +2,12 @@
 
 Starts one ``samizdat server`` (SQLite), registers ``--devices`` devices and deposits
 ``--queued`` envelopes for each while they are offline. Then ``--processes``
-load-generator processes start together on a signal and every device reconnects: TLS,
-hello, auth, subscribe, receive its entries, acknowledge. Reports the time from the
-signal until the last device has everything (target: 10,000 devices within 10 s), the
-median and worst per device, and the server's CPU per reconnect. Everything binds to
-127.0.0.0/8; source addresses rotate over 127.0.0.2-127.0.0.9.
+load-generator processes (bench/rawclient.py, all on core 1 unless ``--no-pin``) start
+together on a signal and every device reconnects: TLS, hello, auth, subscribe, receive its
+entries, acknowledge. Reports the time from the signal until the last device has
+everything (target: 10,000 devices within 10 s), the median and worst per device, the
+server's CPU per reconnect and the load generators' (so one can see which is the limit).
+Everything binds to 127.0.0.0/8; source addresses rotate over 127.0.0.2-127.0.0.9.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,59 +24,78 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deposit_delivery import (  # noqa: E402
-    BODY_SIZE,
-    Conn,
-    DepositConn,
-    Recipient,
-    _register,
-    _start_server,
-    _subscribe,
-)
-from idle_connections import _raise_nofile  # noqa: E402
+from deposit_delivery import BODY_SIZE, _start_null_server, _start_server  # noqa: E402
 from openloop import cpu_seconds  # noqa: E402
+from rawclient import (  # noqa: E402
+    SOURCES,
+    RawConn,
+    Recipient,
+    Server,
+    deposit_all,
+    enable_pinning,
+    raise_nofile,
+    register_many,
+    run,
+    signing_key,
+    subscribe,
+)
 from samizdat.protocol import frames as f  # noqa: E402
 
 
 async def _prepare(link: str, devices: int, queued: int) -> list[Recipient]:
-    sem = asyncio.Semaphore(32)
-
-    async def one() -> Recipient:
-        async with sem:
-            return await _register(link)
-
-    recipients = list(await asyncio.gather(*(one() for _ in range(devices))))
-    sender = DepositConn(await Conn.open(link))
-    for start in range(0, len(recipients), 64):
-        await asyncio.gather(
-            *(
-                sender.deposit(r, os.urandom(BODY_SIZE))
-                for r in recipients[start : start + 64]
-                for _ in range(queued)
-            )
-        )
-    sender.reader.cancel()
-    await sender.conn.ws.close()
+    server = Server(link)
+    recipients = await register_many(server, devices)
+    targets = [r for r in recipients for _ in range(queued)]
+    await deposit_all(server, targets, lambda: os.urandom(BODY_SIZE))
     return recipients
 
 
-#: This process's connections that came back, held open until the end: a storm, not a trickle.
-conns: list[Conn] = []
-
-
-async def _come_back(link: str, recipient: Recipient, queued: int) -> float:
+async def _come_back(
+    server: Server, recipient: Recipient, queued: int, source: str, conns: list[RawConn]
+) -> float:
     t0 = time.perf_counter()
-    # Handshakes queue up in a storm: a long open timeout, so the bench reports how long.
-    conn = await _subscribe(link, recipient, open_timeout=300)
+    drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     got = 0
-    while got < queued:
-        frame = f.decode_server_frame(await conn.ws.recv())
-        if isinstance(frame, f.Deliver) and frame.entries:
-            got += len(frame.entries)
-            await conn.ws.send(f.encode(f.Ack(rid=conn.next_rid(), up_to=frame.entries[-1].seq)))
-    elapsed = time.perf_counter() - t0
-    conns.append(conn)
-    return elapsed
+
+    def on_deliver(conn: RawConn, entries: list[f.Entry], now: int) -> None:
+        nonlocal got
+        got += len(entries)
+        if got >= queued and not drained.done():
+            drained.set_result(None)
+
+    # Handshakes queue up in a storm: a long open timeout, so the bench reports how long.
+    conn = await subscribe(server, recipient, on_deliver, 300, (source, 0), fast_io=False)
+    conns.append(conn)  # held open until the end: a storm, not a trickle
+    await asyncio.wait_for(drained, 300)
+    return time.perf_counter() - t0
+
+
+async def _storm(
+    link: str, recipients: list[Recipient], queued: int, in_flight: int, offset: int, go: Any
+) -> tuple[list[float], int, float, list[str], float]:
+    server = Server(link)
+    conns: list[RawConn] = []
+    for r in recipients:
+        signing_key(r)  # what a device has in memory before it reconnects
+    await asyncio.to_thread(go.wait)
+    cpu0 = time.process_time()
+    sem = asyncio.Semaphore(in_flight)
+
+    async def one(i: int, r: Recipient) -> float:
+        async with sem:
+            return await _come_back(server, r, queued, SOURCES[(offset + i) % len(SOURCES)], conns)
+
+    start = time.perf_counter()
+    results = await asyncio.gather(
+        *(one(i, r) for i, r in enumerate(recipients)), return_exceptions=True
+    )
+    done_at = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    times = [r for r in results if isinstance(r, float)]
+    errors = sorted({type(r).__name__ for r in results if isinstance(r, BaseException)})
+    for conn in conns:
+        conn.close()
+    return times, len(results) - len(times), done_at, errors, cpu
 
 
 def _storm_process(
@@ -82,30 +103,30 @@ def _storm_process(
     recipients: list[Recipient],
     queued: int,
     in_flight: int,
+    offset: int,
     ready: Any,
     go: Any,
     out: Any,
 ) -> None:
-    _raise_nofile(len(recipients) + 256)
+    raise_nofile(len(recipients) + 256)
+    ready.put(None)
+    out.put(run(_storm(link, recipients, queued, in_flight, offset, go)))
 
-    async def run() -> None:
-        ready.put(None)
-        await asyncio.to_thread(go.wait)
-        sem = asyncio.Semaphore(in_flight)
 
-        async def one(r: Recipient) -> float:
-            async with sem:
-                return await _come_back(link, r, queued)
-
-        start = time.perf_counter()
-        results = await asyncio.gather(*(one(r) for r in recipients), return_exceptions=True)
-        done_at = time.perf_counter() - start
-        times = [r for r in results if isinstance(r, float)]
-        errors = sorted({type(r).__name__ for r in results if isinstance(r, BaseException)})
-        out.put((times, len(results) - len(times), done_at, errors))
-        await asyncio.gather(*(c.ws.close() for c in conns), return_exceptions=True)
-
-    asyncio.run(run())
+def _start_profiler(pid: int, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+    """py-spy attached to the server for the storm (idle samples are left out)."""
+    if args.profile is None:
+        return None
+    fmt = "raw" if args.profile.endswith(".txt") else "speedscope"
+    py_spy = Path(sys.executable).with_name("py-spy")
+    proc = subprocess.Popen(
+        [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(args.profile_seconds))]
+        + ["--rate", "1000", "--format", fmt, "--output", args.profile]
+        + (["--native"] if args.native else ["--nonblocking"]),
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(1)  # py-spy attaches
+    return proc
 
 
 def main() -> None:
@@ -116,19 +137,39 @@ def main() -> None:
     parser.add_argument(
         "--in-flight", type=int, default=256, help="reconnects under way per process at once"
     )
+    parser.add_argument("--null-server", action="store_true", help="bench/null_server.py")
+    parser.add_argument("--no-pin", action="store_true", help="no core pinning")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="record the server with py-spy during the storm (speedscope JSON or, for a "
+        ".txt name, collapsed stacks; needs ptrace rights)",
+    )
+    parser.add_argument(
+        "--profile-seconds", type=float, default=10.0, help="with --profile: how long to record"
+    )
+    parser.add_argument(
+        "--native", action="store_true", help="with --profile: native frames too (OpenSSL)"
+    )
     args = parser.parse_args()
-    _raise_nofile(args.devices + 1024)
+    raise_nofile(args.devices + 1024)
 
     with tempfile.TemporaryDirectory(prefix="samizdat-storm-") as tmp:
-        server, link = _start_server(Path(tmp) / "server", [])
+        if args.null_server:
+            server, link = _start_null_server(Path(tmp) / "null")
+        else:
+            server, link = _start_server(Path(tmp) / "server", [])
         try:
+            pinning = enable_pinning([server.pid], not args.no_pin)
             t0 = time.perf_counter()
-            recipients = asyncio.run(_prepare(link, args.devices, args.queued))
+            recipients = run(_prepare(link, args.devices, args.queued))
             prepared = time.perf_counter() - t0
+            what = "bench/null_server.py" if args.null_server else "1 process, SQLite"
             print(
-                f"server: 1 process, SQLite; {args.devices} devices with {args.queued} "
+                f"server: {what}; {args.devices} devices with {args.queued} "
                 f"envelope(s) of {BODY_SIZE} B waiting (prepared in {prepared:.0f} s)"
             )
+            print(pinning)
             ctx = mp.get_context("spawn")
             ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
             share = -(-len(recipients) // args.processes)
@@ -140,6 +181,7 @@ def main() -> None:
                         recipients[i : i + share],
                         args.queued,
                         args.in_flight,
+                        i,
                         ready,
                         go,
                         out,
@@ -151,18 +193,24 @@ def main() -> None:
                 p.start()
             for _ in procs:
                 ready.get()
+            time.sleep(1)  # let every process reach go.wait()
+            profiler = _start_profiler(server.pid, args)
             cpu_before = cpu_seconds(server.pid)
             go.set()
             results = [out.get() for _ in procs]
             cpu = cpu_seconds(server.pid) - cpu_before
+            if profiler is not None:
+                profiler.wait(120)
             times = sorted(t for r in results for t in r[0])
             failed = sum(r[1] for r in results)
             total = max(r[2] for r in results)
+            gen = sum(r[4] for r in results)
             back = len(times)
             print(
                 f"all back and drained: {back} of {args.devices} ({failed} failed) in "
                 f"{total:.1f} s; per device median {times[back // 2] * 1e3:.0f} ms, "
-                f"worst {times[-1] * 1e3:.0f} ms; server CPU {cpu / max(back, 1) * 1e3:.2f} ms each"
+                f"worst {times[-1] * 1e3:.0f} ms; server CPU {cpu / max(back, 1) * 1e3:.2f} ms "
+                f"each, load generators' CPU {gen / max(back, 1) * 1e3:.2f} ms each"
                 if times
                 else f"none came back ({failed} failed)"
             )

@@ -7,7 +7,9 @@ the hex ids ``history --json`` and ``listen --json`` print. ``--group`` makes NA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from samizdat import cli_files
@@ -15,6 +17,7 @@ from samizdat.cli_common import out
 from samizdat.cli_reach import open_client
 from samizdat.client import actions, timers
 from samizdat.client.actions import MessageView
+from samizdat.errors import ConnectError
 
 __all__ = ["add_commands", "cmd_history"]
 
@@ -80,15 +83,26 @@ async def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _queued() -> AsyncIterator[None]:
+    """Say that an action that did not reach the server yet is queued, not lost."""
+    try:
+        yield
+    except ConnectError as exc:
+        raise ConnectError(
+            f"{exc} — not delivered yet; it is queued and goes out on the next send or listen"
+        ) from exc
+
+
 async def _reply(args: argparse.Namespace) -> int:
-    async with await open_client(args) as client:
+    async with await open_client(args) as client, _queued():
         msg_id = await actions.reply(client, args.name, args.id, args.text, args.group)
     out(msg_id)
     return 0
 
 
 async def _react(args: argparse.Namespace) -> int:
-    async with await open_client(args) as client:
+    async with await open_client(args) as client, _queued():
         await actions.react(
             client, args.name, args.id, "" if args.remove else args.emoji, args.group
         )
@@ -96,13 +110,13 @@ async def _react(args: argparse.Namespace) -> int:
 
 
 async def _edit(args: argparse.Namespace) -> int:
-    async with await open_client(args) as client:
+    async with await open_client(args) as client, _queued():
         await actions.edit(client, args.name, args.id, args.text, args.group)
     return 0
 
 
 async def _delete(args: argparse.Namespace) -> int:
-    async with await open_client(args) as client:
+    async with await open_client(args) as client, _queued():
         await actions.delete(client, args.name, args.id, args.group)
     return 0
 
@@ -115,7 +129,7 @@ async def _read(args: argparse.Namespace) -> int:
 
 
 async def _timer(args: argparse.Namespace) -> int:
-    async with await open_client(args) as client:
+    async with await open_client(args) as client, _queued():
         if args.seconds is not None:
             await timers.set_timer(client, args.name, args.seconds, args.group)
         seconds = timers.timer(client, args.name, args.group)
@@ -124,12 +138,19 @@ async def _timer(args: argparse.Namespace) -> int:
     return 0
 
 
+_SETTINGS = {
+    "read-receipts": (actions.read_receipts, actions.set_read_receipts),
+    "delivery-receipts": (actions.delivery_receipts, actions.set_delivery_receipts),
+}
+
+
 async def _settings(args: argparse.Namespace) -> int:
+    get, put = _SETTINGS[args.setting]
     async with await open_client(args) as client:
         if args.value is not None:
-            actions.set_read_receipts(client, args.value == "on")
-        on = actions.read_receipts(client)
-    out(f"read-receipts: {'on' if on else 'off'}")
+            put(client, args.value == "on")
+        on = get(client)
+    out(f"{args.setting}: {'on' if on else 'off'}")
     return 0
 
 
@@ -173,6 +194,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(handler=_timer)
 
     p = sub.add_parser("settings", help="show or change settings")
-    p.add_argument("setting", choices=["read-receipts"])
+    p.add_argument("setting", choices=sorted(_SETTINGS))
     p.add_argument("value", nargs="?", choices=["on", "off"])
     p.set_defaults(handler=_settings)

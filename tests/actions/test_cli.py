@@ -26,6 +26,9 @@ def test_actions_from_the_command_line(server: ServerProcess, tmp_path: Path) ->
     run_cli(alice, "accept", "bob")
     run_cli(alice, "settings", "read-receipts", "off")
     assert run_cli(alice, "settings", "read-receipts").stdout.strip() == "read-receipts: off"
+    assert run_cli(alice, "settings", "delivery-receipts").stdout.strip() == (
+        "delivery-receipts: on"
+    )
     answer = run_cli(alice, "reply", "bob", first, "an answer").stdout.strip()
     run_cli(alice, "react", "bob", first, "👍")
     run_cli(bob, "listen", "--timeout", "1.5")

@@ -181,15 +181,24 @@ async def test_server_database_holds_no_group_name_members_or_text(
     assert scan_for(server.data_dir, markers) == []
     # The scan looked at real data: the state at creation, the message and the renamed
     # state are each fanned out to every member device but the sender's (bea, cid, bea's
-    # and ann's laptops), one stored body per device.
+    # and ann's laptops): four entries each, pointing at one stored body.
     bodies: list[bytes] = []
+    stored_once: list[bytes] = []
     for path in server.data_dir.glob("*.db"):
         with contextlib.closing(sqlite3.connect(path)) as db:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
             if "mailbox_entries" in tables:
-                bodies += [bytes(r[0]) for r in db.execute("SELECT body FROM mailbox_entries")]
+                bodies += [
+                    bytes(r[0])
+                    for r in db.execute(
+                        "SELECT coalesce(b.body, e.body) FROM mailbox_entries e"
+                        " LEFT JOIN bodies b ON b.id = e.body_id"
+                    )
+                ]
+                stored_once += [bytes(r[0]) for r in db.execute("SELECT body FROM bodies")]
     boxes = [b for b in bodies if decode_group_box(b) is not None]
     assert len(boxes) == 12 and sorted(Counter(boxes).values()) == [4, 4, 4]
+    assert sorted(stored_once) == sorted(set(boxes))
 
 
 def _try_open(client: Client, body: bytes) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from samizdat.server.app import RunningServer, ServerConfig, start
 from samizdat.server.bus.redis import RedisBus
 from samizdat.server.store.postgres import PostgresStore
 
-from .helpers import FrameClient
+from .helpers import Device, FrameClient, token_hash
 from .services import PG_DSN, REDIS_URL, drop_pg_schema
 from .test_session import env, recv_deliveries, setup_user
 
@@ -183,6 +183,59 @@ async def test_subscribe_on_another_node_replaces_the_consumer(cluster: Cluster)
         assert entry.msg_id == (9).to_bytes(16, "big")
 
 
+async def _deposit(c: FrameClient, token: bytes, device: Device, n: int) -> f.ServerFrame:
+    return await c.request(f.Deposit(rid=c.rid(), token=token, envelopes=[env(device, n)]))
+
+
+async def _cache_live(server: RunningServer) -> None:
+    store = server.store
+    assert isinstance(store, PostgresStore)
+    for _ in range(100):  # live once Redis confirms the invalidation channel
+        if store._cache_live:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("node B's cache never went live")
+
+
+async def test_a_revoked_token_is_refused_by_the_other_node_next(cluster: Cluster) -> None:
+    await _cache_live(cluster.b)
+    async with FrameClient(cluster.a.link) as on_a, FrameClient(cluster.b.link) as on_b:
+        await on_a.hello()
+        await on_b.hello()
+        user, token = await setup_user(on_a)
+        device = user.devices[0]
+        # Node B answers "whose token is this?" from its cache from now on ...
+        assert isinstance(await _deposit(on_b, token, device, 1), f.DepositOk)
+        store_b = cluster.b.store
+        assert isinstance(store_b, PostgresStore)
+        assert store_b._token_users.get(token_hash(token)) == user.user_key
+        # ... until node A revokes it: the very next deposit on B is refused.
+        assert isinstance(await on_a.request(f.RevokeToken(rid=on_a.rid(), token=token)), f.Ok)
+        await on_b.expect_error(
+            f.Deposit(rid=on_b.rid(), token=token, envelopes=[env(device, 2)]), "bad_token"
+        )
+
+
+async def test_a_changed_device_list_is_seen_by_the_other_node_next(cluster: Cluster) -> None:
+    await _cache_live(cluster.b)
+    async with FrameClient(cluster.a.link) as on_a, FrameClient(cluster.b.link) as on_b:
+        await on_a.hello()
+        await on_b.hello()
+        user, token = await setup_user(on_a, n_devices=2)
+        first, second = user.devices
+        assert isinstance(await _deposit(on_b, token, first, 1), f.DepositOk)
+        # B has memoised the user's devices: only the first is registered yet.
+        await on_b.expect_error(
+            f.Deposit(rid=on_b.rid(), token=token, envelopes=[env(second, 2)]), "unknown_device"
+        )
+        async with FrameClient(cluster.a.link) as second_on_a:
+            await second_on_a.hello()
+            await second_on_a.register(user, second)
+        # Registered on A: B's next deposit to it is accepted.
+        ok = await _deposit(on_b, token, second, 3)
+        assert isinstance(ok, f.DepositOk) and ok.stored == 1
+
+
 class CuttableProxy:
     """A TCP forwarder to Redis on loopback whose connections the test can reset."""
 
@@ -252,6 +305,53 @@ async def test_lost_redis_connection_wakes_everyone_and_recovers() -> None:
             if seq == 5:
                 break
         sub.close()
+    finally:
+        await b.close()
+        await a.close()
+        await proxy.close()
+
+
+class CacheLog:
+    """What a bus tells a node's cache (the ``InvalidatedCache`` side of a store)."""
+
+    def __init__(self) -> None:
+        self.live: list[bool] = []
+        self.keys: list[bytes] = []
+
+    def cache_live(self, live: bool) -> None:
+        self.live.append(live)
+
+    def invalidated(self, key: bytes) -> None:
+        self.keys.append(key)
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+async def test_invalidations_cross_nodes_and_a_lost_connection_turns_the_cache_off() -> None:
+    port = int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+    proxy = CuttableProxy(port)
+    await proxy.start()
+    a, b = RedisBus(REDIS_URL), RedisBus(f"redis://127.0.0.1:{proxy.port}/0")
+    await a.open()
+    await b.open()
+    log_a, log_b = CacheLog(), CacheLog()
+    try:
+        a.carry_invalidations(log_a)
+        b.carry_invalidations(log_b)
+        await _until(lambda: log_a.live == [True] and log_b.live == [True], "never went live")
+        await a.invalidate(b"t" + b"x" * 32)
+        await _until(lambda: log_b.keys == [b"t" + b"x" * 32], "invalidation not heard")
+        assert log_a.keys == []  # a node's own writes are forgotten locally, not echoed
+        proxy.cut()
+        await _until(lambda: log_b.live[-1:] == [False], "cache stayed on without Redis")
+        # Resubscribed: live again (and the cache was emptied on the way).
+        await _until(lambda: log_b.live[-1:] == [True], "cache never came back")
     finally:
         await b.close()
         await a.close()

@@ -62,7 +62,8 @@ def old_rows(user: User) -> list[tuple[str, tuple[object, ...]]]:
         msg_id = seq.to_bytes(16, "big")
         rows.append(
             (
-                "INSERT INTO mailbox_entries VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO mailbox_entries (device_id, seq, msg_id, body, received_at)"
+                " VALUES (?, ?, ?, ?, ?)",
                 (dev.device_id, seq, msg_id, b"body%d" % seq, NOW_MS),
             )
         )
@@ -91,6 +92,17 @@ async def check_upgraded(store: Store, user: User) -> None:
     )
     assert (again.stored, again.duplicates) == (1, 1)
     assert again.news == {dev.device_id: 8}
+    # Migration 4: a fan-out's body is stored once, next to the old inline entries.
+    other = secrets.token_bytes(16)
+    body = b"fanned out"
+    fan = await store.deposit(
+        [DepositItem(d, (9).to_bytes(16, "big"), body) for d in (dev.device_id, other)], NOW_MS
+    )
+    assert fan.news == {dev.device_id: 9, other: 1}
+    assert await store.ack(dev.device_id, 7, NOW_MS) == 2
+    entries = await store.fetch(dev.device_id, 0, 10)
+    assert [(e.seq, e.body) for e in entries] == [(8, b"y"), (9, body)]
+    assert [e.body for e in await store.fetch(other, 0, 10)] == [body]
 
 
 def test_chains_have_the_same_versions() -> None:
@@ -122,6 +134,8 @@ async def test_sqlite_upgrade_in_place(tmp_path: Path) -> None:
         assert versions == list(range(1, LATEST + 1))
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert "one_time_keys_by_device" in indexes
+        # The fan-out's body is one row, its two entries point at it.
+        assert conn.execute("SELECT body, refs FROM bodies").fetchall() == [(b"fanned out", 2)]
     finally:
         conn.close()
 
@@ -158,6 +172,8 @@ async def test_postgres_upgrade_in_place() -> None:
             "one_time_keys_by_device",
         )
         assert index == 1
+        bodies = await conn.fetch("SELECT body, refs FROM bodies")
+        assert [(bytes(r[0]), r[1]) for r in bodies] == [(b"fanned out", 2)]
 
     try:
         await _with_schema(schema, build_old)

@@ -65,3 +65,45 @@ def test_same_order_as_asyncio_queue(ops: list[int], maxsize: int) -> None:
             )
 
     asyncio.run(run())
+
+
+async def test_a_sink_gets_items_at_once_and_pausing_queues_them_in_order() -> None:
+    # The WebSocket front's way (server/front.py): no task between the session and the
+    # transport; while the transport's buffer is full, frames queue, then put waits.
+    sent: list[int] = []
+    box: Outbox[int] = Outbox(2)
+    box.put_nowait(1)  # queued before the sink came
+    box.attach(sent.append)
+    assert sent == [1] and box.empty()
+    box.put_nowait(2)
+    assert sent == [1, 2] and box.empty() and not box.full()
+    box.pause()
+    box.put_nowait(3)
+    await box.put(4)
+    assert sent == [1, 2] and box.full()
+    blocked = asyncio.ensure_future(box.put(5))
+    await asyncio.sleep(0)
+    assert not blocked.done()  # backpressure
+    box.resume()
+    assert sent == [1, 2, 3, 4]
+    await asyncio.wait_for(blocked, 1)
+    assert sent == [1, 2, 3, 4, 5] and box.empty()
+
+
+async def test_a_sink_that_pauses_while_flushing_keeps_the_rest_queued() -> None:
+    sent: list[int] = []
+    box: Outbox[int] = Outbox(4)
+
+    def sink(item: int) -> None:
+        sent.append(item)
+        if item == 2:
+            box.pause()  # the transport's buffer filled while sending 2
+
+    box.attach(sink)
+    box.pause()
+    for n in (1, 2, 3):
+        box.put_nowait(n)
+    box.resume()
+    assert sent == [1, 2] and box.qsize() == 1
+    box.resume()
+    assert sent == [1, 2, 3] and box.empty()

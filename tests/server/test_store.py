@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from samizdat.errors import ErrorCode, ProtocolError
 from samizdat.server.store.base import MSG_ID_RETENTION_MS, DepositItem, Store
+from samizdat.server.store.postgres import PostgresStore
 from samizdat.server.store.sqlite import SqliteStore
 
 from .conftest import StoreFactory
 from .helpers import NOW_MS, Device, User, token_hash
+from .services import PG_DSN
 
 
 async def register(store: Store, user: User) -> None:
@@ -137,6 +141,33 @@ async def test_quota_is_all_or_nothing(make_store: StoreFactory) -> None:
     assert await store.mailbox_size(full) == 3
 
 
+async def test_a_refused_deposit_in_a_busy_batch_undoes_only_itself(
+    make_store: StoreFactory,
+) -> None:
+    """Concurrent deposits share a transaction (SQLite: one batch); one refused after
+    writing part of itself must leave nothing, and the others must all stay."""
+    store = await make_store(max_mailbox_entries=2)
+    full, others = os.urandom(16), [os.urandom(16) for _ in range(6)]
+    await store.deposit([item(full, 0), item(full, 1)], NOW_MS)
+    commits = store.commits if isinstance(store, SqliteStore) else 0
+    calls = [store.deposit([item(d, 10)], NOW_MS) for d in others[:3]]
+    # Writes to others[3] first, then finds ``full`` full.
+    calls.append(store.deposit([item(others[3], 10), item(full, 10)], NOW_MS))
+    calls += [store.deposit([item(d, 10)], NOW_MS) for d in others[4:]]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    refused = results.pop(3)
+    assert isinstance(refused, ProtocolError) and refused.code is ErrorCode.QUOTA
+    assert [getattr(r, "stored", r) for r in results] == [1] * 5
+    if isinstance(store, SqliteStore):
+        assert store.commits == commits + 1  # all in one transaction
+    assert await store.mailbox_size(others[3]) == 0 and await store.fetch(others[3], 0, 9) == []
+    for d in others[:3] + others[4:]:
+        assert [e.seq for e in await store.fetch(d, 0, 9)] == [1]
+    # Nothing of the refused deposit is remembered: with room made, it stores in full.
+    await store.ack(full, 2, NOW_MS)
+    assert (await store.deposit([item(others[3], 10), item(full, 10)], NOW_MS)).stored == 2
+
+
 async def test_claim_is_atomic_then_fallback(make_store: StoreFactory) -> None:
     store = await make_store()
     user = User.generate()
@@ -209,6 +240,123 @@ async def test_tokens(make_store: StoreFactory) -> None:
     assert not await store.revoke_token(bob.user_key, t1)
     assert await store.revoke_token(alice.user_key, t1)
     assert await store.user_for_token(t1) is None
+
+
+async def stored_bodies(store: Store) -> tuple[int, int]:
+    """(rows in ``bodies``, bytes of body held inline in mailbox entries), read directly."""
+    query = (
+        "SELECT (SELECT count(*) FROM bodies),"
+        " (SELECT coalesce(sum(length(body)), 0) FROM mailbox_entries)"
+    )
+    if isinstance(store, SqliteStore):
+        conn = sqlite3.connect(store._path)
+        try:
+            count, inline = conn.execute(query).fetchone()
+        finally:
+            conn.close()
+        return int(count), int(inline)
+    assert isinstance(store, PostgresStore)
+    pg = await asyncpg.connect(PG_DSN, server_settings={"search_path": store._schema})
+    try:
+        row = await pg.fetchrow(query)
+    finally:
+        await pg.close()
+    return int(row[0]), int(row[1])
+
+
+async def test_a_fanned_out_body_is_stored_once(make_store: StoreFactory) -> None:
+    store = await make_store()
+    d0, d1, d2, other = (os.urandom(16) for _ in range(4))
+    body = os.urandom(1000)
+    fan = [DepositItem(d, b"m" * 16, body) for d in (d0, d1, d2)]
+    result = await store.deposit([*fan, item(other, 1, b"own")], NOW_MS)
+    assert (result.stored, result.duplicates) == (4, 0)
+    assert await stored_bodies(store) == (1, 3)  # the shared body once; b"own" inline
+    for d in (d0, d1, d2):
+        assert [(e.seq, e.msg_id, e.body) for e in await store.fetch(d, 0, 10)] == [
+            (1, b"m" * 16, body)
+        ]
+        assert await store.mailbox_size(d) == 1  # each entry counts in its own mailbox
+    # A retry stores nothing, not even an unreferenced body.
+    again = await store.deposit(fan, NOW_MS)
+    assert (again.stored, again.duplicates) == (0, 3)
+    assert await stored_bodies(store) == (1, 3)
+
+    # The body stays while any entry points at it, whichever way entries go.
+    assert await store.ack(d0, 1, NOW_MS) == 1
+    timed = os.urandom(500)
+    await store.deposit(
+        [DepositItem(d, b"t" * 16, timed, expires_at=NOW_MS + 10) for d in (d0, d1)], NOW_MS
+    )
+    assert (await stored_bodies(store))[0] == 2
+    await store.close()
+    store = await make_store()  # read back from the database, not from memory
+    assert [e.body for e in await store.fetch(d1, 0, 10)] == [body, timed]
+    assert [e.body for e in await store.fetch(d0, 0, 10)] == [timed]
+    assert await store.expire_timed(NOW_MS + 10) == 2
+    assert await stored_bodies(store) == (1, 3)
+    assert [e.body for e in await store.fetch(d2, 0, 10)] == [body]
+    assert await store.expire(NOW_MS + 1) == 3
+    assert await stored_bodies(store) == (0, 0)
+    assert await store.fetch(d1, 0, 10) == []
+
+
+async def test_a_removed_device_releases_its_share_of_a_body(make_store: StoreFactory) -> None:
+    store = await make_store()
+    user = User.generate(2)
+    await register(store, user)
+    first, second = user.devices
+    body = os.urandom(300)
+    await store.deposit(
+        [DepositItem(d.device_id, b"g" * 16, body) for d in (first, second)], NOW_MS
+    )
+    user.devices, user.version = [first], 2
+    await register(store, user)  # drops the second device and its entries
+    assert await stored_bodies(store) == (1, 0)
+    assert await store.ack(first.device_id, 1, NOW_MS) == 1
+    assert await stored_bodies(store) == (0, 0)
+
+
+async def test_a_full_mailbox_refuses_a_fan_out_without_a_stray_body(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(max_mailbox_entries=1)
+    full, free = os.urandom(16), os.urandom(16)
+    await store.deposit([item(full, 1)], NOW_MS)
+    body = os.urandom(200)
+    with pytest.raises(ProtocolError) as info:
+        await store.deposit([DepositItem(d, b"f" * 16, body) for d in (free, full)], NOW_MS)
+    assert info.value.code is ErrorCode.QUOTA
+    assert (await stored_bodies(store))[0] == 0
+    assert await store.fetch(free, 0, 10) == []
+
+
+async def test_fanout_targets_answer_many_tokens_at_once(make_store: StoreFactory) -> None:
+    store = await make_store(max_tokens_per_user=1000)
+    alice, bob = User.generate(2), User.generate(1)
+    await register(store, alice)
+    await register(store, bob)
+    # More tokens than one SQL parameter list holds (SQLite reads them in chunks).
+    many = [token_hash(os.urandom(32)) for _ in range(600)]
+    for t in many:
+        await store.add_token(alice.user_key, t)
+    tb, unknown = token_hash(os.urandom(32)), token_hash(os.urandom(32))
+    await store.add_token(bob.user_key, tb)
+    alice_devices = frozenset(d.device_id for d in alice.devices)
+    bob_devices = frozenset(d.device_id for d in bob.devices)
+    for _ in range(2):  # the second time from the memo, where a store keeps one
+        got = await store.fanout_targets([*many, tb, unknown, tb])
+        assert set(got) == {*many, tb}
+        assert all(got[t] == (alice.user_key, alice_devices) for t in many)
+        assert got[tb] == (bob.user_key, bob_devices)
+        assert got[tb] == (await store.user_for_token(tb), await store.user_devices(bob.user_key))
+    # Writes are seen: a dropped device, a revoked token.
+    alice.devices, alice.version = alice.devices[:1], 2
+    await register(store, alice)
+    assert await store.revoke_token(bob.user_key, tb)
+    got = await store.fanout_targets([many[0], tb])
+    assert got == {many[0]: (alice.user_key, frozenset({alice.devices[0].device_id}))}
+    assert await store.fanout_targets([]) == {}
 
 
 async def test_register_versions(make_store: StoreFactory) -> None:

@@ -60,6 +60,19 @@ async def test_link_a_device_then_remove_it(
         await shot(laptop, "32-devices-two")
         await devices.get_by_role("button", name=re.compile("^Remove device")).click()
         await expect(devices.get_by_role("listitem")).to_have_count(1)
+
+        # Delivery receipts: on by default, switched off here, off after a reload.
+        delivery = laptop.get_by_label(re.compile("^Send delivery receipts"))
+        await expect(delivery).to_be_checked()
+        await delivery.uncheck()
+        await expect(laptop.locator("#announcer")).to_contain_text("Delivery receipts off.")
+        await laptop.reload()
+        await (
+            laptop.get_by_role("navigation", name="Sections")
+            .get_by_role("button", name="Devices")
+            .click()
+        )
+        await expect(laptop.get_by_label(re.compile("^Send delivery receipts"))).not_to_be_checked()
         browsing.check()
     finally:
         server.stop()

@@ -13,9 +13,16 @@ Rules (the same on every device, enforced by the receiver):
 * one reaction per person per message, the newest wins; an empty emoji removes it;
 * the author's devices keep every edit, other devices only the newest text;
 * receipts go over Olm to the author's devices only, never to a whole group. Delivery
-  receipts are sent for every message shown (not to message requests); read receipts
-  when :func:`mark_read` is called, unless switched off, in which case we send none and,
-  as in Signal, show none of other people's either.
+  receipts are sent for every message shown (not to message requests, and not in groups
+  of more than :data:`GROUP_RECEIPT_LIMIT` members) unless switched off
+  (:func:`set_delivery_receipts`); read receipts when :func:`mark_read` is called, unless
+  switched off, in which case we send none and, as in Signal, show none of other
+  people's either.
+
+1:1 actions and every receipt go through the durable 1:1 outbox (client/sending.py), to
+the peer's devices and (as ``SentCopy``) to our own other devices: written first, in the
+same transaction that applies them here, then delivered in order and resent until
+they are. Group actions go through the group outbox (client/group_outbox.py).
 
 Actions on a message must arrive after it (true per sender, protocol §5); one about a
 message this device never held is dropped.
@@ -27,18 +34,13 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from samizdat.client import msgstate as ms
 from samizdat.client import verification
 from samizdat.client.connection import now_ms
 from samizdat.client.msgstate import Conv
-from samizdat.client.peers import (
-    Peer,
-    current_devices,
-    peer_from_contact,
-    send_payloads,
-)
+from samizdat.client.peers import Peer, peer_from_contact
 from samizdat.client.records import Contact, ContactState
 from samizdat.errors import LocalError, NotFound, RemoteError, SamizdatError
 from samizdat.protocol.actions import (
@@ -68,6 +70,9 @@ __all__ = [
     "mark_read",
     "read_receipts",
     "set_read_receipts",
+    "delivery_receipts",
+    "set_delivery_receipts",
+    "GROUP_RECEIPT_LIMIT",
     "conversation",
     "flush_receipts",
     "flush_blob_deletions",
@@ -82,8 +87,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Seconds ``listen`` spends at most on sending delivery receipts between two batches.
+#: Seconds ``listen`` spends at most on sending delivery receipts between two batches
+#: (what is not sent by then stays queued in the outbox).
 RECEIPT_BUDGET = 5.0
+#: How long a queued receipt waits for its server before it is dropped unsent.
+RECEIPT_LIFETIME_MS: Final = 7 * 24 * 3600 * 1000
+#: Groups with more members than this get no delivery receipts: each message would bring
+#: one receipt per member device back to its sender.
+GROUP_RECEIPT_LIMIT = 50
 
 
 @dataclass(frozen=True)
@@ -171,12 +182,6 @@ def _peer_for(client: Client, user_key: bytes, group_id: bytes | None) -> Peer |
 # -- sending -----------------------------------------------------------------------------------
 
 
-async def _send_olm(
-    client: Client, peer: Peer, payload: Payload, expires_at: int | None = None
-) -> None:
-    await send_payloads(client, peer, current_devices(client, peer), [payload], expires_at)
-
-
 async def send_change(client: Client, conv: Conv, action: MessageAction, text: str = "") -> str:
     """Send an action to everyone in ``conv`` and our other devices; apply it here first."""
     if conv.group:
@@ -193,11 +198,11 @@ async def send_change(client: Client, conv: Conv, action: MessageAction, text: s
         raise LocalError("this contact is blocked")
     # A verified contact whose key changed gets nothing, reactions included, until consent.
     verification.check_can_send(contact)
+    from samizdat.client import sending
+
+    card = None if contact.answered else await client._card_for(contact)
     msg_id = secrets.token_bytes(16)
     sent_at = now_ms()
-    with client._store.locked():
-        on_sent(client, conv.key, msg_id, sent_at, action, text)
-    card = None if contact.answered else await client._card_for(contact)
     payload = Payload(
         msg_id=msg_id,
         sent_at=sent_at,
@@ -206,10 +211,13 @@ async def send_change(client: Client, conv: Conv, action: MessageAction, text: s
         card=card,
         action=action,
     )
-    await _send_olm(client, peer_from_contact(contact), payload, action.expires_at)
-    from samizdat.client.devices import copy_to_own_devices
-
-    await copy_to_own_devices(client, contact.user_key, msg_id, sent_at, text, action)
+    # Applied here and queued (for the contact and our other devices) in one transaction.
+    with client._store.locked():
+        on_sent(client, conv.key, msg_id, sent_at, action, text)
+        peer = peer_from_contact(contact)
+        sending.queue(client, contact.cid, peer, payload, text=text, expires_at=action.expires_at)
+        sending.queue_copy(client, contact.user_key, msg_id, sent_at, text, action)
+    await sending.deliver_queued(client, contact.cid)
     return msg_id.hex()
 
 
@@ -287,12 +295,27 @@ def set_read_receipts(client: Client, on: bool) -> None:
         ms.set_read_receipts_on(client, on)
 
 
-async def _send_receipts(
+def delivery_receipts(client: Client) -> bool:
+    """Whether we send delivery receipts (other people's are shown either way); on by default."""
+    return ms.delivery_receipts_on(client)
+
+
+def set_delivery_receipts(client: Client, on: bool) -> None:
+    with client._store.locked():
+        ms.set_delivery_receipts_on(client, on)
+
+
+def _queue_receipts(
     client: Client, user_key: bytes, group_id: bytes | None, kind: ReceiptKind, ids: list[bytes]
-) -> None:
+) -> bytes | None:
+    """Queue receipts to ``user_key``'s devices (under the lock); returns the outbox lane."""
+    from samizdat.client import sending
+
     peer = _peer_for(client, user_key, group_id)
     if peer is None:
-        return
+        return None
+    # The contact's lane (after what we wrote them), else one of the member's own.
+    lane = client._store.get("user", user_key) or user_key
     for i in range(0, len(ids), MAX_RECEIPT_IDS):
         receipt = Receipt(kind=kind, targets=ids[i : i + MAX_RECEIPT_IDS], group_id=group_id)
         payload = Payload(
@@ -301,23 +324,40 @@ async def _send_receipts(
             kind=PayloadKind.ACTION,
             action=MessageAction(receipt=receipt),
         )
-        await _send_olm(client, peer, payload)
+        # A receipt is worth little late: it leaves the queue (and the server's mailbox)
+        # unsent after RECEIPT_LIFETIME_MS, so a server that never comes back does not
+        # make receipts pile up.
+        expires_at = payload.sent_at + RECEIPT_LIFETIME_MS
+        sending.queue(client, lane, peer, payload, expires_at=expires_at)
+    return lane
+
+
+async def _deliver_lanes(client: Client, lanes: set[bytes]) -> None:
+    """Deliver these outbox lanes now if we can; what fails stays queued (never raises)."""
+    from samizdat.client import sending
+
+    for lane in lanes:
+        try:
+            await sending.flush(client, lane)
+        except SamizdatError as exc:
+            log.info("receipts stay queued: %s", type(exc).__name__)
 
 
 async def flush_receipts(client: Client) -> None:
-    """Send the delivery receipts queued while receiving.
+    """Queue the delivery receipts noted while receiving in the outbox, and deliver them.
 
-    Best effort: a receipt that cannot be sent now is dropped, so that an unreachable
-    server never holds up receiving (``listen`` calls this between batches).
+    What cannot be sent now stays queued (client/sending.py) and goes with the next
+    resend, so that an unreachable server never holds up receiving (``listen`` calls
+    this between batches) and no receipt is lost.
     """
+    lanes: set[bytes] = set()
     with client._store.locked():
-        items = ms.pending_receipts(client)
+        for item in ms.pending_receipts(client):
+            lane = _queue_receipts(client, item.user_key, item.group_id, item.kind, item.targets)
+            if lane is not None:
+                lanes.add(lane)
         ms.save_pending(client, [])
-    for item in items:
-        try:
-            await _send_receipts(client, item.user_key, item.group_id, item.kind, item.targets)
-        except SamizdatError as exc:
-            log.info("dropped a delivery receipt: %s", type(exc).__name__)
+    await _deliver_lanes(client, lanes)
 
 
 async def flush_blob_deletions(client: Client) -> None:
@@ -355,16 +395,20 @@ async def after_batch(client: Client) -> None:
 async def mark_read(client: Client, name: str, group: bool = False) -> int:
     """Mark the conversation read; sends read receipts unless they are off. Returns how many."""
     conv = _conv(client, name, group)
+    lanes: set[bytes] = set()
     with client._store.locked():
         unread = ms.take_unread(client, conv)
-    if not ms.read_receipts_on(client) or not unread:
-        return len(unread)
-    by_author: dict[bytes, list[bytes]] = {}
-    for u in unread:
-        by_author.setdefault(u.author, []).append(u.msg_id)
-    group_id = conv.ident if conv.group else None
-    for author, ids in by_author.items():
-        await _send_receipts(client, author, group_id, ReceiptKind.READ, ids)
+        if not ms.read_receipts_on(client) or not unread:
+            return len(unread)
+        by_author: dict[bytes, list[bytes]] = {}
+        for u in unread:
+            by_author.setdefault(u.author, []).append(u.msg_id)
+        group_id = conv.ident if conv.group else None
+        for author, ids in by_author.items():
+            lane = _queue_receipts(client, author, group_id, ReceiptKind.READ, ids)
+            if lane is not None:
+                lanes.add(lane)
+    await _deliver_lanes(client, lanes)
     return len(unread)
 
 
@@ -457,7 +501,7 @@ def _incoming(
         if not _new_message(client, conv, author, msg_id, action):
             return False
         ms.add_unread(client, conv, author, msg_id)
-        if receipts:
+        if receipts and ms.delivery_receipts_on(client):
             group_id = conv.ident if conv.group else None
             ms.queue_receipt(client, author, group_id, ReceiptKind.DELIVERED, msg_id)
         return True
@@ -510,10 +554,13 @@ def on_receipt(client: Client, sender_key: bytes, payload: Payload) -> None:
     _change(client, conv, author, payload.msg_id, payload.sent_at, "", payload.action)
 
 
-def on_group_text(client: Client, group_id: bytes, sender_user: bytes, text: GroupText) -> bool:
+def on_group_text(
+    client: Client, group_id: bytes, sender_user: bytes, text: GroupText, members: int = 0
+) -> bool:
     """A group message from a member (or our other device); True if it is one to show.
 
     Deduplicated here for actions (``groups._append`` does it for messages, same key).
+    ``members``: how many the group has (no delivery receipts above the limit).
     """
     conv = ms.group_conv(group_id)
     seen = b"g" + sender_user + text.msg_id
@@ -523,8 +570,9 @@ def on_group_text(client: Client, group_id: bytes, sender_user: bytes, text: Gro
         client._store.put("seen", seen, b"")
     if sender_user == client.own_user_key:
         return on_sent(client, conv.key, text.msg_id, text.sent_at, text.action, text.text)
+    receipts = members <= GROUP_RECEIPT_LIMIT
     return _incoming(
-        client, conv, sender_user, text.msg_id, text.sent_at, text.text, text.action, True
+        client, conv, sender_user, text.msg_id, text.sent_at, text.text, text.action, receipts
     )
 
 

@@ -6,11 +6,10 @@ sessions (crypto/olm.py), sealing (crypto/sealing.py) and one connection per ser
 inter-process lock, so that ``listen`` in one process and ``send`` in another can share
 a home folder.
 
-Delivery (protocol §5, §6): a message is padded, Olm-encrypted per recipient device,
-sealed to that device's sealing key, written to the outbox, then deposited on the
-recipient's server with their token; :meth:`Client.send` returns only after
-``DepositOk``. A failed deposit leaves the sealed bytes in the outbox; the next ``send``
-retries them unchanged (same msg_id, so the server stores one copy).
+The send path is client/sending.py (a durable outbox for every 1:1 message and message
+action: :meth:`Client.send` returns only after ``DepositOk``, and what fails stays queued
+and goes first next time), the receive path client/receiving.py (:meth:`Client.listen`);
+the methods here keep the public API.
 """
 
 from __future__ import annotations
@@ -26,59 +25,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import msgspec
-
-from samizdat.client import actions as message_actions
-from samizdat.client import (
-    attachments,
-    group_inbox,
-    group_outbox,
-    msgstate,
-    reach,
-    relays,
-    verification,
-)
+from samizdat.client import attachments, reach, receiving, relays, sending
 from samizdat.client import devices as linked
 from samizdat.client import records as rec
 from samizdat.client.attachments import AttachmentInfo
 from samizdat.client.connection import Connection, now_ms
-from samizdat.client.dispatch import on_control
 from samizdat.client.messaging import (
     KEEP_OLM_SESSIONS,
     auth_proof,
-    decrypt_olm,
     device_keys,
     open_entry,
-    seal_to_device,
     sign_device_list,
     sign_one_time_key,
     verify_card,
 )
-from samizdat.client.records import Contact, ContactState, HistoryRecord, Identity, OutboxItem
+from samizdat.client.receiving import Received
+from samizdat.client.records import Contact, ContactState, HistoryRecord, Identity
 from samizdat.client.store import Store
 from samizdat.crypto.olm import OlmAccount, OlmSession
-from samizdat.crypto.padding import pad, unpad
+from samizdat.crypto.padding import unpad
 from samizdat.crypto.safety import safety_number
 from samizdat.crypto.sealing import SealingKey
 from samizdat.crypto.signing import SigningKey
-from samizdat.errors import (
-    ConnectError,
-    DecryptionError,
-    ErrorCode,
-    LocalError,
-    NotFound,
-    ProtocolError,
-    RemoteError,
-    SamizdatError,
-    ServerRefused,
-)
+from samizdat.errors import DecryptionError, LocalError, NotFound, RemoteError
 from samizdat.protocol import frames, limits
 from samizdat.protocol.actions import MessageAction
 from samizdat.protocol.blobs import Attachment
-from samizdat.protocol.control import decode_group_box
 from samizdat.protocol.descriptor import SignedDescriptor, open_descriptor
-from samizdat.protocol.envelope import Payload, PayloadKind, decode_payload, encode_struct
-from samizdat.protocol.keys import DeviceKeys, decode_device_list, verify_signed_key
+from samizdat.protocol.envelope import decode_payload
+from samizdat.protocol.keys import decode_device_list
 from samizdat.protocol.links import (
     ContactCard,
     Invite,
@@ -97,29 +72,6 @@ log = logging.getLogger(__name__)
 #: One-time keys uploaded at registration; topped up when the server holds under half.
 INITIAL_ONE_TIME_KEYS = 50
 _MAX_NAME = 64
-#: Refusals after which resending the same envelope can never succeed.
-_PERMANENT = {
-    "bad_token",
-    "unknown_device",
-    "envelope_too_large",
-    "bad_frame",
-    "too_many_envelopes",
-}
-
-
-@dataclass(frozen=True)
-class Received:
-    """A message yielded by :meth:`Client.listen`."""
-
-    sender: str
-    text: str = field(repr=False)
-    id: str
-    sent_at: int
-    request: bool
-    #: The group's local name for a group message (client/groups.py), else None.
-    group: str | None = None
-    #: The file this message carries; fetch it with ``attachments.download(client, id)``.
-    attachment: AttachmentInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -169,8 +121,8 @@ class Client:
         self._sealing = SealingKey.from_secret_bytes(identity.sealing_secret)
         self._conns: dict[bytes, Connection] = {}
         self._conn_locks: dict[bytes, asyncio.Lock] = {}
-        # The last sealed body sent per contact name, in memory only (for tests and tools).
-        self._last_sent: dict[str, bytes] = {}
+        # The last sealed body delivered per contact id, in memory only (for tests and tools).
+        self._last_sent: dict[bytes, bytes] = {}
         #: An open `devices link` (client/devices.py), in memory only.
         self._link_offer: linked.LinkOffer | None = None
         #: Serialises group outbox deliveries (client/group_outbox.py): two at once would
@@ -178,6 +130,7 @@ class Client:
         self.group_send_lock = asyncio.Lock()
         #: The background resend of queued sends that ``listen`` starts on each connection.
         self._resend: asyncio.Task[None] | None = None
+        self._resend_wake = asyncio.Event()
         #: Called after ``listen`` stored a batch of entries, shown or not (a reaction, an
         #: edit, a receipt): the browser UI (web/service.py) refreshes what it shows.
         self.on_stored: Callable[[], object] | None = None
@@ -526,7 +479,7 @@ class Client:
         # Stored in arrival order; shown in the order written (a stable sort by sent_at).
         return sorted(items, key=lambda item: item.sent_at)
 
-    # -- sending ---------------------------------------------------------------------
+    # -- sending (client/sending.py) ------------------------------------------------------
 
     async def send(
         self,
@@ -545,177 +498,23 @@ class Client:
             ConnectError, ServerRefused: not delivered yet; after a transient failure the
             message stays queued and the next ``send`` to this contact delivers it first.
         """
-        contact = self._contact_by_name(name)
-        if contact.state == ContactState.BLOCKED:
-            raise LocalError("this contact is blocked")
-        verification.check_can_send(contact)
-        conv = msgstate.contact_conv(contact.cid)
-        # A reply, and the expiry the conversation's timer gives (client/actions.py).
-        action = msgstate.stamp(self, conv, action)
-        card = None if contact.answered else await self._card_for(contact)
-        msg_id = secrets.token_bytes(16)
-        sent_at = now_ms()
-        payload = Payload(
-            msg_id=msg_id,
-            sent_at=sent_at,
-            kind=PayloadKind.TEXT,
-            text=text,
-            card=card,
-            attachment=attachment,
-            action=action,
-        )
-        if attachment is not None:
-            attachments.remember(self._store, msg_id, attachment)
-        padded = pad(encode_struct(payload))
-        devices = decode_device_list(contact.devices).devices
-        claimed: dict[bytes, bytes] = {}
-        for device in devices:
-            if self._store.get("session", device.identity_key) is None:
-                claimed[device.identity_key] = await self._claim(contact, device)
-        envelopes: list[frames.Envelope] = []
-        with self._store.locked():
-            account = self._load_account()
-            for device in devices:
-                sessions = self._load_sessions(device.identity_key)
-                if not sessions:
-                    sessions = [
-                        account.create_outbound_session(
-                            device.identity_key, claimed[device.identity_key]
-                        )
-                    ]
-                olm_type, olm = sessions[0].encrypt(padded)
-                self._save_sessions(device.identity_key, sessions)
-                body = seal_to_device(device, account.identity_key, olm_type, olm)
-                envelopes.append(
-                    frames.Envelope(
-                        device_id=device.device_id,
-                        msg_id=secrets.token_bytes(16),
-                        body=body,
-                        expires_at=None if action is None else action.expires_at,
-                    )
-                )
-            item = OutboxItem(
-                msg_id=msg_id,
-                cid=contact.cid,
-                token=contact.token,
-                server_key=contact.server_key,
-                server=contact.server,
-                envelopes=envelopes,
-                text=text,
-                sent_at=sent_at,
-            )
-            self._store.put("outbox", msg_id, rec.encode(item))
-            message_actions.on_sent(self, conv.key, msg_id, sent_at, action, text)
-        # Older undelivered messages to this contact go first; on failure this one stays
-        # queued behind them and the next send (or a retry) delivers them in order.
-        await self._flush_outbox(contact.cid)
-        self._last_sent[contact.name] = envelopes[0].body
-        await linked.copy_to_own_devices(
-            self, contact.user_key, msg_id, sent_at, text, action, attachment
-        )
-        return msg_id.hex()
+        return await sending.send(self, name, text, attachment, action)
 
     async def _card_for(self, contact: Contact) -> ContactCard:
-        """Our card for this contact, with a per-contact token registered on our server."""
-        if contact.our_token is None:
-            token = secrets.token_bytes(32)
-            conn = await self._own()
-            await conn.call(frames.AddToken(rid=0, token=token), frames.Ok)
-            with self._store.locked():
-                fresh = self._contact(contact.cid)
-                if fresh.our_token is None:
-                    fresh.our_token = token
-                    self._save_contact(fresh)
-                contact.our_token = fresh.our_token
-        assert contact.our_token is not None
-        return self._own_card(contact.our_token)
-
-    async def _claim(self, contact: Contact, device: DeviceKeys) -> bytes:
-        """Claim one key of ``device`` on the contact's server and check its signature."""
-        conn = await self._connection(contact.server_key, contact.server)
-        bundle = await conn.call(
-            frames.ClaimKeys(rid=0, token=contact.token, device_id=device.device_id),
-            frames.KeyBundle,
-        )
-        if bundle.device_id != device.device_id:
-            raise ProtocolError(ErrorCode.BAD_FRAME, "key bundle for another device")
-        # The signing key comes from the device list we verified, not from the bundle.
-        verify_signed_key(device.signing_key, bundle.key)
-        return bundle.key.key
-
-    async def _deliver(self, msg_id: bytes, item: OutboxItem) -> None:
-        deposit = frames.Deposit(rid=0, token=item.token, envelopes=item.envelopes)
-        try:
-            for attempt in range(2):
-                conn = await self._connection(item.server_key, item.server)
-                try:
-                    await conn.call(deposit, frames.DepositOk)
-                    break
-                except ConnectError:
-                    await self._drop(item.server_key)
-                    if attempt:
-                        raise
-        except ServerRefused as exc:
-            if exc.code in _PERMANENT:
-                self._store.delete("outbox", msg_id)
-            raise
-        with self._store.locked():
-            self._store.delete("outbox", msg_id)
-            self._store.append(
-                "history",
-                item.cid,
-                rec.encode(
-                    HistoryRecord(
-                        direction="out",
-                        text=item.text,
-                        msg_id=msg_id,
-                        sent_at=item.sent_at,
-                        received_at=now_ms(),
-                    )
-                ),
-            )
+        return await sending.card_for(self, contact)
 
     async def _flush_outbox(self, cid: bytes | None = None) -> None:
-        """Resend envelopes a previous ``send`` wrote but could not deliver.
-
-        Oldest first, and a contact whose oldest message fails gets nothing newer this
-        round: per-sender order is part of the delivery contract (DESIGN §5). With ``cid``
-        only that contact's messages are resent, and a failure is raised, so that a new
-        message never overtakes an older one to the same contact.
-        """
-        items = sorted(
-            (rec.decode(raw, OutboxItem) for raw in self._store.values("outbox")),
-            key=lambda item: item.sent_at,
-        )
-        stuck: set[bytes] = set()
-        for item in items:
-            if item.cid in stuck or (cid is not None and item.cid != cid):
-                continue
-            try:
-                await self._deliver(item.msg_id, item)
-            except ServerRefused as exc:
-                if exc.code in _PERMANENT:
-                    continue  # dropped from the outbox by _deliver; later ones may pass
-                stuck.add(item.cid)
-                if cid is not None:
-                    raise
-            except RemoteError:
-                stuck.add(item.cid)
-                if cid is not None:
-                    raise
+        """Resend what is queued (client/sending.py); with ``cid`` that contact's only."""
+        await sending.flush(self, cid)
 
     def _start_resend(self) -> None:
+        """Resend what is queued now (``listen``, on each connection), and again later
+        while anything stays queued (client/sending.py)."""
         if self._resend is None or self._resend.done():
-            self._resend = asyncio.create_task(self._resend_queued())
-
-    async def _resend_queued(self) -> None:
-        """Deliver the 1:1 and group outboxes in the background (neither raises a
-        delivery failure: what fails stays queued for the next connection or send)."""
-        try:
-            await self._flush_outbox()
-            await group_outbox.deliver(self)
-        except SamizdatError as exc:
-            log.info("resending queued messages failed: %s", type(exc).__name__)
+            self._resend_wake.clear()
+            self._resend = asyncio.create_task(sending.resend_queued(self, self._resend_wake))
+        else:
+            self._resend_wake.set()
 
     def last_sent_envelope(self, name: str) -> bytes:
         """The sealed body this ``Client`` last deposited for ``name`` (first device).
@@ -724,7 +523,7 @@ class Client:
             NotFound: nothing was sent to ``name`` by this object.
         """
         try:
-            return self._last_sent[name]
+            return self._last_sent[self._contact_by_name(name).cid]
         except KeyError:
             raise NotFound("nothing sent to this contact in this session") from None
 
@@ -746,9 +545,9 @@ class Client:
         )
         return decode_payload(unpad(plaintext)).text
 
-    # -- receiving -------------------------------------------------------------------
+    # -- receiving (client/receiving.py) ------------------------------------------------
 
-    async def listen(
+    def listen(
         self,
         count: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the documented API
@@ -759,173 +558,4 @@ class Client:
         seconds (an idle timeout; None waits forever). Entries are acknowledged once
         stored, so an interrupted ``listen`` loses nothing.
         """
-        yielded = 0
-        failures = 0
-        since = asyncio.get_running_loop().time()
-        resent_on: Connection | None = None
-        while count is None or yielded < count:
-            try:
-                conn = await self._subscribed()
-                if conn is not resent_on:
-                    # (Re)connected: what failed to go out before goes now, unprompted.
-                    resent_on = conn
-                    self._start_resend()
-                if conn.backlog:
-                    entries, conn.backlog = conn.backlog, []
-                else:
-                    deliver = await conn.next_delivery(timeout)
-                    if deliver is None:
-                        return
-                    entries = list(deliver.entries)
-            except ConnectError as exc:
-                # Dropped or blocked: reconnect for as long as we run, with jittered backoff
-                # (DESIGN §6); unacknowledged entries come again on the new subscription.
-                # Replaced by another listener: stop, or the two would take turns forever.
-                # With an idle timeout, give up once that long passed without a connection.
-                await self._drop(self._identity.server_key)
-                failures += 1
-                elapsed = asyncio.get_running_loop().time() - since
-                if ErrorCode.REPLACED.value in str(exc) or (
-                    timeout is not None and elapsed > timeout
-                ):
-                    raise
-                await asyncio.sleep(reach.backoff(failures))
-                continue
-            failures = 0
-            since = asyncio.get_running_loop().time()
-            batch: list[Received] = []
-            last = 0
-            for index, entry in enumerate(entries):
-                if count is not None and yielded + len(batch) >= count:
-                    # Delivered on this subscription but not consumed: the server will not
-                    # send them again on this connection, so keep them for the next call.
-                    conn.backlog = entries[index:]
-                    break
-                received = self._process(entry)
-                last = entry.seq
-                if received is not None:
-                    batch.append(received)
-            if last:
-                with contextlib.suppress(RemoteError):
-                    await conn.call(frames.Ack(rid=0, up_to=last), frames.Ok)
-                # Delivery receipts for what was stored; expired messages go (§6.2).
-                await message_actions.after_batch(self)
-                if self.on_stored is not None:
-                    self.on_stored()
-            for received in batch:
-                yielded += 1
-                yield received
-
-    async def _subscribed(self) -> Connection:
-        conn = await self._own()
-        if not conn.subscribed:
-            raw = self._store.get("cursor", "")
-            after = int.from_bytes(raw, "big") if raw else 0
-            await conn.call(frames.Subscribe(rid=0, after=after), frames.Ok)
-            conn.subscribed = True
-        return conn
-
-    def _process(self, entry: frames.Entry) -> Received | None:
-        """Decrypt, store and dedupe one entry (in one locked transaction)."""
-        with self._store.locked():
-            raw = self._store.get("cursor", "")
-            if raw and entry.seq <= int.from_bytes(raw, "big"):
-                return None
-            self._store.put("cursor", "", entry.seq.to_bytes(8, "big"))
-            try:
-                box = decode_group_box(entry.body)
-                if box is not None:
-                    return group_inbox.on_group_box(self, box)
-                return self._open_entry(entry)
-            except (DecryptionError, ProtocolError, msgspec.ValidationError) as exc:
-                log.info("dropped a mailbox entry that does not open: %s", type(exc).__name__)
-                return None
-
-    def _open_entry(self, entry: frames.Entry) -> Received | None:
-        sealed = open_entry(self._sealing, entry.body)
-        sender_key = sealed.sender_identity_key
-        sessions = self._load_sessions(sender_key)
-        plaintext = decrypt_olm(sessions, sealed, self._load_account, self._save_account)
-        self._save_sessions(sender_key, sessions)
-        payload = decode_payload(unpad(plaintext))
-        if payload.kind == PayloadKind.CONTROL and payload.control is not None:
-            on_control(self, sender_key, payload.control)
-            return None
-        if payload.action is not None and payload.action.receipt is not None:
-            # Receipts also come from group members who are not contacts.
-            message_actions.on_receipt(self, sender_key, payload)
-            return None
-        contact = self._sender(sender_key, payload)
-        if contact is None or contact.state == ContactState.BLOCKED:
-            return None
-        if not contact.answered:
-            contact.answered = True
-            self._save_contact(contact)
-        seen = contact.user_key + payload.msg_id
-        if self._store.get("seen", seen) is not None:
-            return None
-        self._store.put("seen", seen, b"")
-        if not message_actions.on_message(self, contact, payload):
-            return None  # a reaction, edit, deletion or timer change, or already expired
-        if payload.attachment is not None:
-            attachments.remember(self._store, payload.msg_id, payload.attachment)
-        self._store.append(
-            "history",
-            contact.cid,
-            rec.encode(
-                HistoryRecord(
-                    direction="in",
-                    text=payload.text,
-                    msg_id=payload.msg_id,
-                    sent_at=payload.sent_at,
-                    received_at=entry.received_at,
-                )
-            ),
-        )
-        return Received(
-            sender=contact.name,
-            text=payload.text,
-            id=payload.msg_id.hex(),
-            sent_at=payload.sent_at,
-            request=contact.state == ContactState.REQUEST,
-            attachment=attachments.summary(payload.attachment) if payload.attachment else None,
-        )
-
-    def _sender(self, sender_key: bytes, payload: Payload) -> Contact | None:
-        """Who wrote: a contact by identity key, else a new request from the card."""
-        cid = self._store.get("ident", sender_key)
-        if cid is not None:
-            return self._contact(cid)
-        if payload.card is None:
-            log.info("dropped a message from an unknown sender without a card")
-            return None
-        verified = verify_card(payload.card, now_ms())
-        if verified.device(sender_key) is None:
-            log.info("dropped a message whose card does not list its sender")
-            return None
-        user_key = verified.device_list.user_key
-        cid = self._store.get("user", user_key)
-        if cid is not None:
-            # A known user with a new device list: keep the newer one.
-            contact = self._contact(cid)
-            if verified.device_list.version > contact.device_list_version:
-                contact.devices = payload.card.devices
-                contact.device_list_version = verified.device_list.version
-                self._save_contact(contact)
-                self._index_contact(contact)
-            listed = {d.identity_key for d in decode_device_list(contact.devices).devices}
-            return contact if sender_key in listed else None
-        contact = Contact(
-            cid=secrets.token_bytes(16),
-            name=self._unique_name(payload.card.name or verified.device_list.display_name),
-            state=ContactState.REQUEST,
-            user_key=user_key,
-            devices=payload.card.devices,
-            device_list_version=verified.device_list.version,
-            server_key=verified.descriptor.server_key,
-            server=payload.card.server,
-            token=payload.card.token,
-        )
-        self._save_contact(contact)
-        self._index_contact(contact)
-        return contact
+        return receiving.listen(self, count, timeout)

@@ -52,7 +52,6 @@ from samizdat.client.peers import (
     Peer,
     call_own,
     control_payload,
-    current_devices,
     own_peer,
     peer_from_contact,
     remember_devices,
@@ -67,8 +66,7 @@ from samizdat.crypto.sealing import SealingKey
 from samizdat.crypto.signing import SigningKey
 from samizdat.errors import ConnectError, DecryptionError, LocalError, NotFound, RemoteError
 from samizdat.protocol import frames
-from samizdat.protocol.actions import MessageAction, check_action
-from samizdat.protocol.blobs import Attachment
+from samizdat.protocol.actions import check_action
 from samizdat.protocol.control import (
     DeviceListUpdate,
     LinkCode,
@@ -105,7 +103,6 @@ __all__ = [
     "join",
     "revoke",
     "broadcast_devices",
-    "copy_to_own_devices",
     "on_own_payload",
     "apply_sync",
     "HISTORY_SYNC_LIMIT",
@@ -350,35 +347,6 @@ async def broadcast_devices(client: Client) -> None:
             await send_controls(client, peer, [update])
         except RemoteError as exc:
             log.info("could not send a device list update: %s", type(exc).__name__)
-
-
-async def copy_to_own_devices(
-    client: Client,
-    peer_user_key: bytes,
-    msg_id: bytes,
-    sent_at: int,
-    text: str,
-    action: MessageAction | None = None,
-    attachment: Attachment | None = None,
-) -> None:
-    """Send a 1:1 message (or action, client/actions.py) we sent to our other devices."""
-    own = own_peer(client)
-    if own is None or len(decode_device_list(client._identity.devices).devices) < 2:
-        return
-    copy = SentCopy(
-        peer=peer_user_key,
-        msg_id=msg_id,
-        sent_at=sent_at,
-        text=text,
-        action=action,
-        attachment=attachment,
-    )
-    # A disappearing message's copies disappear from the server at the same time.
-    expires_at = None if action is None else action.expires_at
-    with contextlib.suppress(RemoteError):
-        await send_payloads(
-            client, own, current_devices(client, own), [control_payload(copy)], expires_at
-        )
 
 
 def is_own_device(client: Client, identity_key: bytes) -> bool:

@@ -259,7 +259,7 @@ def on_group_box(client: Client, box: GroupBox) -> Received | None:
         log.info("dropped a group message from a former member")
         return None
     own = held.sender_user == client.own_user_key
-    if not on_group_text(client, held.group_id, held.sender_user, text):
+    if not on_group_text(client, held.group_id, held.sender_user, text, len(state.members)):
         return None  # a reaction, edit, deletion, timer change or a duplicate (client/actions.py)
     if text.attachment is not None:
         from samizdat.client import attachments

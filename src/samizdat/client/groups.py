@@ -166,6 +166,7 @@ class GroupHistoryItem:
     text: str = field(repr=False)
     id: str = field(repr=False)
     sent_at: int = 0
+    received_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -735,6 +736,7 @@ def history(client: Client, name: str) -> list[GroupHistoryItem]:
             text=r.text,
             id=r.msg_id.hex(),
             sent_at=r.sent_at,
+            received_at=r.received_at,
         )
         for r in _history_records(client, group_id)
     ]

@@ -11,6 +11,7 @@ kind           lookup name                  value
 ``unread``     conversation key             :class:`Unread` list (read receipts to send)
 ``rcpt``       ``""``                       :class:`PendingReceipt` list (delivery receipts)
 ``setting``    ``"read_receipts"``          ``b"\\x00"`` when switched off
+``setting``    ``"delivery_receipts"``      ``b"\\x00"`` when switched off
 ``blobdel``    ``""``                       attachments whose blob we still must delete
 =============  ===========================  =============================================
 
@@ -54,6 +55,8 @@ __all__ = [
     "stamp",
     "read_receipts_on",
     "set_read_receipts_on",
+    "delivery_receipts_on",
+    "set_delivery_receipts_on",
     "add_unread",
     "take_unread",
     "queue_receipt",
@@ -311,6 +314,14 @@ def read_receipts_on(client: Client) -> bool:
 
 def set_read_receipts_on(client: Client, on: bool) -> None:
     client._store.put("setting", "read_receipts", b"\x01" if on else b"\x00")
+
+
+def delivery_receipts_on(client: Client) -> bool:
+    return client._store.get("setting", "delivery_receipts") != b"\x00"
+
+
+def set_delivery_receipts_on(client: Client, on: bool) -> None:
+    client._store.put("setting", "delivery_receipts", b"\x01" if on else b"\x00")
 
 
 def _unread(client: Client, conv: Conv) -> list[Unread]:

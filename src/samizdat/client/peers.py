@@ -52,6 +52,10 @@ __all__ = [
     "current_devices",
     "control_payload",
     "send_payloads",
+    "claim_missing",
+    "seal_padded",
+    "other_devices",
+    "deposit",
     "send_controls",
     "call_own",
     "call_on",
@@ -220,6 +224,75 @@ async def _claim(client: Client, peer: Peer, device: DeviceKeys) -> bytes:
     return bundle.key.key
 
 
+async def claim_missing(
+    client: Client, peer: Peer, devices: Sequence[DeviceKeys]
+) -> dict[bytes, bytes]:
+    """One-time keys of the ``devices`` we hold no Olm session with, by identity key."""
+    missing = [d for d in devices if client._store.get("session", d.identity_key) is None]
+    return dict(
+        zip(
+            [d.identity_key for d in missing],
+            await asyncio.gather(*(_claim(client, peer, d) for d in missing)),
+            strict=True,
+        )
+    )
+
+
+def seal_padded(
+    client: Client,
+    devices: Sequence[DeviceKeys],
+    claimed: dict[bytes, bytes],
+    padded: Sequence[bytes],
+    expires_at: int | None = None,
+) -> list[frames.Envelope]:
+    """Olm-encrypt and seal each padded payload for each device (call under the store lock).
+
+    A device with no session and no key in ``claimed`` (it appeared since the claim) is
+    skipped: it gets nothing, as a device listed after a send would.
+    """
+    envelopes: list[frames.Envelope] = []
+    account = client._load_account()
+    for device in devices:
+        sessions: list[OlmSession] = client._load_sessions(device.identity_key)
+        if not sessions:
+            key = claimed.get(device.identity_key)
+            if key is None:
+                continue
+            sessions = [account.create_outbound_session(device.identity_key, key)]
+        for body in padded:
+            olm_type, olm = sessions[0].encrypt(body)
+            envelopes.append(
+                frames.Envelope(
+                    device_id=device.device_id,
+                    msg_id=secrets.token_bytes(16),
+                    body=seal_to_device(device, account.identity_key, olm_type, olm),
+                    expires_at=expires_at,
+                )
+            )
+        client._save_sessions(device.identity_key, sessions)
+    return envelopes
+
+
+def other_devices(client: Client, devices: Sequence[DeviceKeys]) -> list[DeviceKeys]:
+    """``devices`` without this device itself."""
+    own = client._own_identity_key()
+    return [d for d in devices if d.identity_key != own]
+
+
+async def deposit(client: Client, peer: Peer, envelopes: Sequence[frames.Envelope]) -> int:
+    """Deposit ``envelopes`` with ``peer.token``, in frames of the largest allowed size.
+
+    A retry reuses the envelope ids, so the server stores one copy. Returns the bytes sent.
+    """
+    uploaded = 0
+    step = limits.MAX_ENVELOPES_PER_DEPOSIT
+    for i in range(0, len(envelopes), step):
+        frame = frames.Deposit(rid=0, token=peer.token, envelopes=list(envelopes[i : i + step]))
+        await call_on(client, peer, frame, frames.DepositOk)
+        uploaded += len(frames.encode(frame))
+    return uploaded
+
+
 async def send_payloads(
     client: Client,
     peer: Peer,
@@ -229,52 +302,19 @@ async def send_payloads(
 ) -> int:
     """Olm-encrypt each payload for each device and deposit them with ``peer.token``.
 
+    Not queued: for what may be lost (control messages that are asked again). Messages and
+    message actions go through the durable 1:1 outbox (client/sending.py).
     ``expires_at`` (ms) makes the server delete the entries then (disappearing messages).
     Returns the bytes of the deposit frames uploaded.
     """
-    devices = [d for d in devices if d.identity_key != client._own_identity_key()]
+    devices = other_devices(client, devices)
     if not devices or not payloads:
         return 0
-    missing = [d for d in devices if client._store.get("session", d.identity_key) is None]
-    claimed = dict(
-        zip(
-            [d.identity_key for d in missing],
-            await asyncio.gather(*(_claim(client, peer, d) for d in missing)),
-            strict=True,
-        )
-    )
-    envelopes: list[frames.Envelope] = []
+    claimed = await claim_missing(client, peer, devices)
+    padded = [pad(encode_struct(payload)) for payload in payloads]
     with client._store.locked():
-        account = client._load_account()
-        for device in devices:
-            sessions: list[OlmSession] = client._load_sessions(device.identity_key)
-            if not sessions:
-                sessions = [
-                    account.create_outbound_session(
-                        device.identity_key, claimed[device.identity_key]
-                    )
-                ]
-            for payload in payloads:
-                olm_type, olm = sessions[0].encrypt(pad(encode_struct(payload)))
-                body = seal_to_device(device, account.identity_key, olm_type, olm)
-                envelopes.append(
-                    frames.Envelope(
-                        device_id=device.device_id,
-                        msg_id=secrets.token_bytes(16),
-                        body=body,
-                        expires_at=expires_at,
-                    )
-                )
-            client._save_sessions(device.identity_key, sessions)
-    uploaded = 0
-    step = limits.MAX_ENVELOPES_PER_DEPOSIT
-    for i in range(0, len(envelopes), step):
-        batch = envelopes[i : i + step]
-        # A retry reuses the envelope ids: the server stores one copy.
-        deposit = frames.Deposit(rid=0, token=peer.token, envelopes=batch)
-        await call_on(client, peer, deposit, frames.DepositOk)
-        uploaded += len(frames.encode(deposit))
-    return uploaded
+        envelopes = seal_padded(client, devices, claimed, padded, expires_at)
+    return await deposit(client, peer, envelopes)
 
 
 async def send_controls(

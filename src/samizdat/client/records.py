@@ -13,7 +13,8 @@ kind           lookup name          value
 ``user``       user key             contact id
 ``session``    Curve25519 identity  :class:`Sessions` (Olm pickles, newest first)
 ``seen``       user key + msg id    empty (deduplication)
-``outbox``     msg id               :class:`OutboxItem` (sealed bytes, not yet durable)
+``outbox``     msg id               :class:`OutboxItem` (1:1 payload, not yet durable)
+``outseq``     ``""``               the last queue position given (8 bytes)
 ``cursor``     ``""``               last processed mailbox seq (8 bytes)
 ``history``    contact id (log)     :class:`HistoryRecord`
 =============  ===================  ==============================================
@@ -90,11 +91,17 @@ class Sessions(msgspec.Struct):
 
 
 class OutboxItem(msgspec.Struct):
-    """Sealed envelopes written before depositing, resent unchanged on retry."""
+    """One 1:1 payload to one user's devices, written before depositing (client/sending.py).
+
+    Queued with the padded payload; sealed at the first delivery attempt (``payload`` is
+    then None) and from then on resent unchanged, so the server stores one copy.
+    """
 
     #: The payload's message id (the outbox key); envelope ids are random per device so
     #: the server cannot link the copies of one message.
     msg_id: bytes
+    #: The queue lane, delivered in order: the contact id, or for a user who is not a
+    #: contact (a group member's receipts, our own other devices) a lane of its own.
     cid: bytes
     token: bytes
     server_key: bytes
@@ -102,6 +109,17 @@ class OutboxItem(msgspec.Struct):
     envelopes: list[Envelope]
     text: str
     sent_at: int
+    #: A message: appended to the contact's history once delivered (not actions, copies).
+    history: bool = True
+    #: The padded payload while not sealed yet.
+    payload: bytes | None = None
+    #: Whose devices (with the newest device list we hold then) to seal for.
+    user_key: bytes = b""
+    devices: SignedDeviceList | None = None
+    #: The server deletes the entries then; an item past it is dropped unsent.
+    expires_at: int | None = None
+    #: Position in the queue (a counter of the store): order within a lane.
+    order: int = 0
 
 
 class HistoryRecord(msgspec.Struct):

@@ -10,20 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 import msgspec
 import uvicorn
+import uvloop
+from uvicorn.config import Config as UvicornConfig
 
 from samizdat.errors import LocalError
 from samizdat.protocol import frames as f
@@ -35,6 +39,7 @@ from samizdat.server.blobs import DEFAULT_BLOB_QUOTA, BlobPolicy, BlobService, m
 from samizdat.server.bus.base import Bus
 from samizdat.server.bus.local import LocalBus
 from samizdat.server.bus.redis import RedisBus
+from samizdat.server.front import WS_MAX_SIZE, FrontState, front_protocol
 from samizdat.server.identity import (
     ServerIdentity,
     endpoint_url,
@@ -63,9 +68,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-#: Somewhat above MAX_FRAME, so a frame a little too large is answered with our
-#: ``frame_too_large`` rather than a bare WebSocket close (1009).
-WS_MAX_SIZE: Final = limits.MAX_FRAME + 64 * 1024
 _STATS_INTERVAL: Final = 60.0
 _UNSPECIFIED_HOSTS: Final = ("0.0.0.0", "::", "")
 #: File in the data directory that makes the next SIGHUP rotate the server key.
@@ -120,6 +122,23 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
+def _tls_context(config: UvicornConfig, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """uvicorn's server context (certificate, key), without TLS 1.3 session tickets.
+
+    No client resumes a session (ours pins a fresh handshake, asyncio's transports cannot
+    offer a saved session), so the two tickets OpenSSL would issue after every handshake
+    are CPU and bytes thrown away (docs/performance.md, "Third round: connecting").
+    """
+    del config
+    context = default()
+    context.num_tickets = 0
+    return context
+
+
+#: gc.set_threshold() for ``samizdat server`` (Python's default is 700, 10, 10).
+GC_THRESHOLDS: Final = (20_000, 10, 10)
+
+
 class _Uvicorn(uvicorn.Server):
     # We install our own signal handlers: uvicorn's re-raise SIGTERM after shutdown,
     # which would kill the process before the store is closed.
@@ -149,6 +168,7 @@ class RunningServer:
     _polls: PollSessions = field(repr=False)
     _stopped: bool = False
     blobs: BlobService | None = field(default=None, repr=False)
+    _front: FrontState | None = field(default=None, repr=False)
 
     def endpoints(self) -> list[str]:
         """The endpoint URLs the next descriptor lists (config, then ``endpoints`` file)."""
@@ -225,6 +245,8 @@ class RunningServer:
         self._stats_task.cancel()
         self._expire_task.cancel()
         await asyncio.wait({self._stats_task, self._expire_task})
+        if self._front is not None:
+            await self._front.close()
         await self._polls.close_all()
         await self._bus.close()
         if self.blobs is not None:
@@ -371,6 +393,11 @@ async def start(config: ServerConfig) -> RunningServer:
             sock.close()
             await store.close()
             raise
+        if isinstance(store, PostgresStore):
+            # Each node memoises token and device-list lookups; writes invalidate them
+            # on every node through the bus (docs/scaling.md).
+            redis_bus.carry_invalidations(store)
+            store.share_invalidations(redis_bus.invalidate)
         bus = redis_bus
     blobs = BlobService(
         make_blob_store(data_dir, config.store_url),
@@ -404,10 +431,15 @@ async def start(config: ServerConfig) -> RunningServer:
     )
     stats = ConnectionStats()
     polls = PollSessions(deps, stats.opened, stats.closed)
+    front = FrontState(deps, stats.opened, stats.closed)
     uv_config = uvicorn.Config(
         build_app(deps, stats, polls),
+        # Every connection starts in the front, which hands /v1/ws to picows and the
+        # rest to uvicorn's own HTTP protocol (server/front.py).
+        http=front_protocol(front),
         ssl_certfile=str(identity.cert_path),
         ssl_keyfile=str(identity.key_path),
+        ssl_context_factory=_tls_context,
         ws="websockets-sansio",
         ws_max_size=WS_MAX_SIZE,
         ws_per_message_deflate=False,  # compression leaks lengths and costs CPU
@@ -451,6 +483,7 @@ async def start(config: ServerConfig) -> RunningServer:
         _stats=stats,
         _polls=polls,
         blobs=blobs,
+        _front=front,
     )
 
 
@@ -481,13 +514,21 @@ async def serve(config: ServerConfig) -> None:
 
 
 def run(config: ServerConfig) -> None:
-    """Blocking entry point for the CLI: logging to stderr, then :func:`serve`."""
+    """Blocking entry point for the CLI: logging to stderr, then :func:`serve` on uvloop
+    (its TLS and event loop cost a third of asyncio's per frame, docs/performance.md)."""
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(serve(config))
+    # A connection allocates thousands of short-lived container objects (TLS, WebSocket,
+    # session): with the default threshold (700) a young collection runs every few
+    # connections and a full one sweeps every open connection's objects, ~6 % of the CPU
+    # of a reconnect storm. Collect young objects less often and leave the modules,
+    # classes and functions loaded by now out of every collection (docs/performance.md).
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    uvloop.run(serve(config))
 
 
 def with_port(config: ServerConfig, port: int) -> ServerConfig:

@@ -1,8 +1,10 @@
 """One client connection: every frame of protocol/frames.py, server side (DESIGN §5).
 
-The session knows nothing of WebSockets. Its driver (``app.py``) feeds it each received
-binary message with :meth:`Session.receive_bytes` and sends whatever
-:meth:`Session.next_frame` returns until it returns ``None`` (close the connection).
+The session knows nothing of WebSockets. Its driver feeds it each received binary message
+with :meth:`Session.receive_bytes` and sends every frame the session produces: the
+WebSocket front (``front.py``) gives the session a sink that sends at once, the long-poll
+driver (``poll.py``) takes frames with :meth:`Session.drain_frames`; ``None`` means close
+the connection.
 Every request is answered in order, through one bounded outbox, so ``Ok`` to a
 ``Subscribe`` always precedes the ``Deliver`` frames it starts, and a client that does
 not read slows down only itself.
@@ -15,6 +17,7 @@ is the truth; the bus only says "look again".
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import hashlib
 import logging
@@ -51,6 +54,10 @@ OUTBOX_SIZE: Final = 32
 #: Bytes a Deliver frame and each entry add around the bodies (generous).
 _DELIVER_OVERHEAD: Final = 64
 _ENTRY_OVERHEAD: Final = 96
+#: Delivery token hashes a session memoises (a sender's contacts); past this, forgotten.
+_TOKEN_HASHES_HELD: Final = 16
+#: Deposits of one connection waiting for their commit at once; the next one waits.
+PIPELINE_DEPTH: Final = 16
 
 
 def new_claim_budgets(rate_limits: RateLimits) -> KeyedBuckets:
@@ -143,15 +150,26 @@ def _rid_of(data: bytes) -> int | None:
 class Session:
     """The server side of one connection. Never shows which device it serves."""
 
-    def __init__(self, deps: SessionDeps) -> None:
+    def __init__(
+        self, deps: SessionDeps, sink: Callable[[f.ServerFrame | None], object] | None = None
+    ) -> None:
+        """``sink``: a driver that sends at once (the WebSocket front) gets every frame
+        handed to it as the session produces it (``None``: close), instead of fetching
+        frames with :meth:`next_frame`; see :meth:`pause_output`."""
         self._deps = deps
         self._state = _State.AWAIT_HELLO
         self._outbox: Outbox[f.ServerFrame | None] = Outbox(OUTBOX_SIZE)
+        if sink is not None:
+            self._outbox.attach(sink)
         self._nonce = b""
         self._device_id: bytes | None = None
         self._user_key: bytes | None = None
         self._signing_key = b""
         self._pump: asyncio.Task[None] | None = None
+        # token -> token_hash(token), for the tokens this connection deposits under.
+        self._token_hashes: dict[bytes, bytes] = {}
+        # Deposits waiting for their commit, oldest first (made at the first deposit).
+        self._pipeline: collections.deque[asyncio.Task[None]] | None = None
         self._bucket = TokenBucket(
             deps.rate_limits.connection_rate, deps.rate_limits.connection_burst, deps.monotonic()
         )
@@ -183,6 +201,15 @@ class Session:
             out.append(frame)
         return out, False
 
+    def pause_output(self) -> None:
+        """The sink cannot take more now: queue frames; once the outbox is full, handlers
+        and delivery wait (backpressure)."""
+        self._outbox.pause()
+
+    def resume_output(self) -> None:
+        """The sink can take frames again: hand it the queued ones."""
+        self._outbox.resume()
+
     def push_descriptor(self, descriptor: SignedDescriptor) -> None:
         """Tell the client about a re-issued descriptor (protocol §5.3.9), if there is room.
 
@@ -196,13 +223,19 @@ class Session:
         if self._state is _State.CLOSING:
             return
         if not self._bucket.allow(self._deps.monotonic()):
+            await self._drain_pipeline()
             await self._send(f.Error(rid=_rid_of(data), code=ErrorCode.RATE_LIMITED))
             return
         try:
             frame = f.decode_client_frame(data, self._deps.limits.max_frame)
         except ProtocolError as exc:
+            await self._drain_pipeline()
             await self._send(f.Error(rid=_rid_of(data), code=exc.code, message=exc.message))
             return
+        if type(frame) is f.Deposit and self._state is _State.OPEN:
+            await self._pipeline_deposit(frame)
+            return
+        await self._drain_pipeline()
         await self._handle(frame)
 
     async def receive_text(self) -> None:
@@ -215,6 +248,67 @@ class Session:
         await self._stop_pump()
 
     # -- dispatch -----------------------------------------------------------------------
+
+    async def _pipeline_deposit(self, frame: f.Deposit) -> None:
+        """Check a deposit now, then wait for its commit in a task of its own.
+
+        The connection's next frame is handled meanwhile, so deposits a client pipelines
+        (protocol §5.2) share group commits instead of waiting for one each. Deposits reach
+        the store in the order received (each task submits in its first step, and tasks
+        start in creation order); answers go out in that order too (each task sends after
+        the one before it), and any other frame waits until every pending answer is out.
+        """
+        pipeline = self._pipeline
+        if pipeline is None:
+            pipeline = self._pipeline = collections.deque()
+        while len(pipeline) >= PIPELINE_DEPTH:
+            await asyncio.wait([pipeline[0]])
+        items: list[DepositItem] | None = None
+        error: f.Error | None = None
+        try:
+            items = await self._deposit_items(frame)
+        except ProtocolError as exc:
+            error = f.Error(rid=frame.rid, code=exc.code, message=exc.message)
+        except Exception:
+            _log.exception("internal error handling a Deposit frame")
+            error = f.Error(rid=frame.rid, code=ErrorCode.INTERNAL)
+        if error is not None and not pipeline:
+            await self._send(error)
+            return
+        previous = pipeline[-1] if pipeline else None
+        task = asyncio.get_running_loop().create_task(
+            self._commit_and_answer(frame.rid, items, error, previous)
+        )
+        pipeline.append(task)
+        task.add_done_callback(pipeline.remove)
+
+    async def _commit_and_answer(
+        self,
+        rid: int,
+        items: list[DepositItem] | None,
+        error: f.Error | None,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        answer: f.ServerFrame
+        if items is None:
+            assert error is not None
+            answer = error
+        else:
+            try:
+                answer = await self._store_deposit(rid, items)
+            except ProtocolError as exc:
+                answer = f.Error(rid=rid, code=exc.code, message=exc.message)
+            except Exception:
+                _log.exception("internal error handling a Deposit frame")
+                answer = f.Error(rid=rid, code=ErrorCode.INTERNAL)
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        await self._send(answer)
+
+    async def _drain_pipeline(self) -> None:
+        """Wait until every pipelined deposit is answered."""
+        if self._pipeline:
+            await asyncio.wait(list(self._pipeline))
 
     async def _handle(self, frame: f.ClientFrame) -> None:
         if isinstance(frame, f.Hello):
@@ -240,6 +334,13 @@ class Session:
 
     async def _dispatch(self, frame: f.ClientFrame) -> f.ServerFrame | None:
         match frame:
+            # The frames of every envelope first: each case is an isinstance check.
+            case f.Deposit():
+                return await self._deposit(frame)
+            case f.Ack():
+                assert self._device_id is not None
+                await self._deps.store.ack(self._device_id, frame.up_to, self._deps.now_ms())
+                return f.Ok(rid=frame.rid)
             case f.Register():
                 return await self._register(frame)
             case f.Auth():
@@ -257,17 +358,11 @@ class Session:
                 if not await self._deps.store.revoke_token(self._user_key, token_hash(frame.token)):
                     raise ProtocolError(ErrorCode.BAD_TOKEN, "no such token")
                 return f.Ok(rid=frame.rid)
-            case f.Deposit():
-                return await self._deposit(frame)
             case f.Fanout():
                 return await self._fanout(frame)
             case f.Subscribe():
                 await self._subscribe(frame)
                 return None
-            case f.Ack():
-                assert self._device_id is not None
-                await self._deps.store.ack(self._device_id, frame.up_to, self._deps.now_ms())
-                return f.Ok(rid=frame.rid)
             case b.BlobOpen() | b.BlobWrite() | b.BlobRead() | b.BlobDelete():
                 if self._deps.blobs is None:
                     raise ProtocolError(ErrorCode.NOT_FOUND, "this server keeps no blobs")
@@ -370,8 +465,17 @@ class Session:
         )
         return f.Ok(rid=frame.rid)
 
+    def _hash_of(self, token: bytes) -> bytes:
+        """``token_hash``, memoised for the few tokens this connection deposits under."""
+        hashed = self._token_hashes.get(token)
+        if hashed is None:
+            if len(self._token_hashes) >= _TOKEN_HASHES_HELD:
+                self._token_hashes.clear()
+            hashed = self._token_hashes[token] = token_hash(token)
+        return hashed
+
     async def _user_for(self, token: bytes) -> bytes:
-        hashed = token_hash(token)
+        hashed = self._hash_of(token)
         if not self._deps.token_buckets.allow(hashed, self._deps.monotonic()):
             raise ProtocolError(ErrorCode.RATE_LIMITED, "too many requests for this token")
         user_key = await self._deps.store.user_for_token(hashed)
@@ -389,7 +493,7 @@ class Session:
         # Over its budget a requester gets the fallback key: it can still start a session,
         # but cannot drain the one-time keys other senders need (docs/security.md).
         within_budget = self._deps.claim_budgets.allow(
-            token_hash(frame.token) + frame.device_id, self._deps.monotonic()
+            self._hash_of(frame.token) + frame.device_id, self._deps.monotonic()
         )
         key = await self._deps.store.claim_key(frame.device_id, one_time=within_budget)
         if key is None:
@@ -399,23 +503,33 @@ class Session:
         )
 
     async def _deposit(self, frame: f.Deposit) -> f.DepositOk:
+        return await self._store_deposit(frame.rid, await self._deposit_items(frame))
+
+    async def _deposit_items(self, frame: f.Deposit) -> list[DepositItem]:
+        """Check a deposit (limits, token, devices): what to store."""
         limits_ = self._deps.limits
-        if len(frame.envelopes) > limits_.max_envelopes_per_deposit:
+        envelopes = frame.envelopes
+        if len(envelopes) > limits_.max_envelopes_per_deposit:
             raise ProtocolError(ErrorCode.TOO_MANY_ENVELOPES, "too many envelopes")
-        if any(len(e.body) > limits_.max_envelope_body for e in frame.envelopes):
-            raise ProtocolError(ErrorCode.ENVELOPE_TOO_LARGE, "envelope body too large")
+        max_body = limits_.max_envelope_body
+        for e in envelopes:
+            if len(e.body) > max_body:
+                raise ProtocolError(ErrorCode.ENVELOPE_TOO_LARGE, "envelope body too large")
         user_key = await self._user_for(frame.token)
         devices = await self._deps.store.user_devices(user_key)
-        if any(e.device_id not in devices for e in frame.envelopes):
-            raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "not a device of this user")
-        result = await self._deps.store.deposit(
-            [DepositItem(e.device_id, e.msg_id, e.body, e.expires_at) for e in frame.envelopes],
-            self._deps.now_ms(),
-        )
+        items: list[DepositItem] = []
+        for e in envelopes:
+            if e.device_id not in devices:
+                raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "not a device of this user")
+            items.append(DepositItem(e.device_id, e.msg_id, e.body, e.expires_at))
+        return items
+
+    async def _store_deposit(self, rid: int, items: list[DepositItem]) -> f.DepositOk:
+        result = await self._deps.store.deposit(items, self._deps.now_ms())
         # Durable now; a wake-up lost here is caught up by the consumer's next fetch.
         for device_id, seq in result.news.items():
             await self._deps.bus.publish(device_id, seq)
-        return f.DepositOk(rid=frame.rid, stored=result.stored, duplicates=result.duplicates)
+        return f.DepositOk(rid=rid, stored=result.stored, duplicates=result.duplicates)
 
     async def _fanout(self, frame: f.Fanout) -> f.DepositOk:
         """Expand one body into an entry per listed device (protocol §5.3.10)."""
@@ -423,19 +537,31 @@ class Session:
             raise ProtocolError(ErrorCode.TOO_MANY_ENVELOPES, "too many fan-out devices")
         if len(frame.body) > self._deps.limits.max_envelope_body:
             raise ProtocolError(ErrorCode.ENVELOPE_TOO_LARGE, "envelope body too large")
-        items: dict[bytes, DepositItem] = {}
+        # Hundreds of tokens: hashed here (not through the connection's small memo), each
+        # target charged to its token's bucket, and all looked up in one store call.
+        buckets, now = self._deps.token_buckets, self._deps.monotonic()
+        hashes: list[bytes] = []
         for target in frame.targets:
-            user_key = await self._user_for(target.token)
-            devices = await self._deps.store.user_devices(user_key)
+            hashed = token_hash(target.token)
+            if not buckets.allow(hashed, now):
+                raise ProtocolError(ErrorCode.RATE_LIMITED, "too many requests for this token")
+            hashes.append(hashed)
+        owners = await self._deps.store.fanout_targets(hashes)
+        items: dict[bytes, DepositItem] = {}
+        msg_id, body, expires_at = frame.msg_id, frame.body, frame.expires_at
+        for target, hashed in zip(frame.targets, hashes, strict=True):
+            owner = owners.get(hashed)
+            if owner is None:
+                raise ProtocolError(ErrorCode.BAD_TOKEN, "unknown or revoked token")
+            devices = owner[1]
             if any(d not in devices for d in target.devices):
                 raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "not a device of this user")
             for device_id in target.devices:
-                items[device_id] = DepositItem(
-                    device_id, frame.msg_id, frame.body, frame.expires_at
-                )
+                items[device_id] = DepositItem(device_id, msg_id, body, expires_at)
         result = await self._deps.store.deposit(list(items.values()), self._deps.now_ms())
+        publish = self._deps.bus.publish
         for device_id, seq in result.news.items():
-            await self._deps.bus.publish(device_id, seq)
+            await publish(device_id, seq)
         return f.DepositOk(rid=frame.rid, stored=result.stored, duplicates=result.duplicates)
 
     async def _subscribe(self, frame: f.Subscribe) -> None:

@@ -8,6 +8,10 @@ all in one synchronous step of the event loop. So one buffer per thread can serv
 connection of that thread: :func:`tune_io` makes each new ``SSLProtocol`` use a shared
 per-thread buffer instead of its own. Measured with bench/idle_connections.py, that
 buffer was ~80 % (256 KiB) and later ~25 % (16 KiB) of what an idle connection cost.
+
+``samizdat server`` runs on uvloop (app.py), whose TLS transport is its own (Cython, a
+256 KiB buffer per connection of which only touched pages cost memory): this applies to
+servers embedded on asyncio's loop (tests).
 """
 
 from __future__ import annotations

@@ -242,6 +242,7 @@ class UiService:
             "connection": self.connection(),
             "flows": self._flow_state,
             "read_receipts": actions.read_receipts(client),
+            "delivery_receipts": actions.delivery_receipts(client),
         }
 
     def chats(self) -> list[Json]:
@@ -251,32 +252,28 @@ class UiService:
             if info.state == "blocked":
                 continue
             items = client.history(info.name)
-            incoming = sum(1 for i in items if i.direction == "in")
+            incoming = [i.received_at for i in items if i.direction == "in"]
             last = items[-1] if items else None
             out.append(
                 {
                     "kind": "contact",
                     "name": info.name,
                     "state": info.state,
-                    "unread": max(
-                        0, incoming - read_marks.seen(client, _chat_key("contact", info.name))
-                    ),
+                    "unread": read_marks.unread(client, _chat_key("contact", info.name), incoming),
                     "last": last.text[:120] if last else "",
                     "at": last.sent_at if last else 0,
                 }
             )
         for group in groups.list_groups(client):
             gitems = groups.history(client, group.name)
-            incoming = sum(1 for i in gitems if i.direction == "in")
+            incoming = [i.received_at for i in gitems if i.direction == "in"]
             glast = gitems[-1] if gitems else None
             out.append(
                 {
                     "kind": "group",
                     "name": group.name,
                     "state": "group" if group.active else "left",
-                    "unread": max(
-                        0, incoming - read_marks.seen(client, _chat_key("group", group.name))
-                    ),
+                    "unread": read_marks.unread(client, _chat_key("group", group.name), incoming),
                     "last": glast.text[:120] if glast else "",
                     "at": glast.sent_at if glast else 0,
                     "members": group.members,
@@ -304,9 +301,9 @@ class UiService:
             info = {"state": contact.state}
         messages = [_message_json(m) for m in actions.conversation(client, name, group=group)]
         incoming = (
-            sum(1 for i in groups.history(client, name) if i.direction == "in")
+            [i.received_at for i in groups.history(client, name) if i.direction == "in"]
             if group
-            else sum(1 for i in client.history(name) if i.direction == "in")
+            else [i.received_at for i in client.history(name) if i.direction == "in"]
         )
         read_marks.mark_seen(client, _chat_key(kind, name), incoming)
         self._background(actions.mark_read(client, name, group=group))
@@ -510,27 +507,45 @@ class UiService:
         self._start_probe()
         return {}
 
+    @contextlib.asynccontextmanager
+    async def _queued(self) -> AsyncIterator[None]:
+        """Say that a change that did not reach the server yet is queued, not lost."""
+        try:
+            yield
+        except ConnectError as exc:
+            self._wake.set()
+            raise ConnectError(
+                f"{exc}: not delivered yet; it is queued and goes out later"
+            ) from exc
+
     async def _react(self, body: Json) -> Json:
         emoji = body.get("emoji")
         if not isinstance(emoji, str):
             raise LocalError("emoji is missing")
         client, (name, group) = self._need(), _conv(body)
-        await actions.react(client, name, _text(body, "id"), emoji, group=group)
+        async with self._queued():
+            await actions.react(client, name, _text(body, "id"), emoji, group=group)
         return {}
 
     async def _edit(self, body: Json) -> Json:
         client, (name, group) = self._need(), _conv(body)
-        await actions.edit(client, name, _text(body, "id"), _text(body, "text"), group=group)
+        async with self._queued():
+            await actions.edit(client, name, _text(body, "id"), _text(body, "text"), group=group)
         return {}
 
     async def _delete(self, body: Json) -> Json:
         client, (name, group) = self._need(), _conv(body)
-        await actions.delete(client, name, _text(body, "id"), group=group)
+        async with self._queued():
+            await actions.delete(client, name, _text(body, "id"), group=group)
         return {}
 
     async def _receipts(self, body: Json) -> Json:
         actions.set_read_receipts(self._need(), body.get("on") is True)
         return {"on": actions.read_receipts(self._need())}
+
+    async def _delivery_receipts(self, body: Json) -> Json:
+        actions.set_delivery_receipts(self._need(), body.get("on") is True)
+        return {"on": actions.delivery_receipts(self._need())}
 
     async def _timer(self, body: Json) -> Json:
         seconds = body.get("seconds")
@@ -709,4 +724,5 @@ _ACTIONS: dict[str, _Action] = {
     "delete": UiService._delete,
     "timer": UiService._timer,
     "read_receipts": UiService._receipts,
+    "delivery_receipts": UiService._delivery_receipts,
 }

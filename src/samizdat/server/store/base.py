@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Protocol
 
+import msgspec
+
 from samizdat.protocol.keys import DeviceKeys, SignedDeviceList, SignedKey
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "DepositResult",
     "MailboxEntry",
     "Store",
+    "shared_bodies",
 ]
 
 #: How long a delivered msg_id is remembered after deposit, so a late retry of an
@@ -75,29 +78,59 @@ class KeyCounts:
     has_fallback_key: bool
 
 
-@dataclass(frozen=True)
-class DepositItem:
-    device_id: bytes = field(repr=False)
-    msg_id: bytes = field(repr=False)
-    body: bytes = field(repr=False)
+# The three records made per envelope on the hot path are msgspec structs rather than
+# frozen dataclasses: same constructor, attributes, equality and immutability, built in
+# ~0.2 µs instead of ~1-1.5 µs (a frozen dataclass sets each field through
+# object.__setattr__). Their reprs leave out ids and bodies.
+
+
+class DepositItem(msgspec.Struct, frozen=True):
+    device_id: bytes
+    msg_id: bytes
+    body: bytes
     #: A disappearing message's envelope: deleted at this time (ms), delivered or not.
     expires_at: int | None = None
 
+    def __repr__(self) -> str:
+        return f"DepositItem(expires_at={self.expires_at})"
 
-@dataclass(frozen=True)
-class DepositResult:
+
+class DepositResult(msgspec.Struct, frozen=True):
     stored: int
     duplicates: int
     #: For each device that received a new entry: its highest new seq (for the bus).
-    news: Mapping[bytes, int] = field(repr=False, default_factory=dict)
+    news: Mapping[bytes, int] = msgspec.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"DepositResult(stored={self.stored}, duplicates={self.duplicates})"
 
 
-@dataclass(frozen=True)
-class MailboxEntry:
+class MailboxEntry(msgspec.Struct, frozen=True):
     seq: int
-    msg_id: bytes = field(repr=False)
-    body: bytes = field(repr=False)
+    msg_id: bytes
+    body: bytes
     received_at: int
+
+    def __repr__(self) -> str:
+        return f"MailboxEntry(seq={self.seq}, received_at={self.received_at})"
+
+
+def shared_bodies(items: Sequence[DepositItem]) -> frozenset[int]:
+    """``id()`` of the body objects that more than one item carries: a fan-out's.
+
+    Stores keep such a body once (table ``bodies``), its entries pointing at it.
+    """
+    if len(items) < 2:
+        return frozenset()
+    seen: set[int] = set()
+    repeated: set[int] = set()
+    for item in items:
+        key = id(item.body)
+        if key in seen:
+            repeated.add(key)
+        else:
+            seen.add(key)
+    return frozenset(repeated)
 
 
 class Store(Protocol):
@@ -162,6 +195,15 @@ class Store(Protocol):
         """True if the user held the token (it is now deleted)."""
 
     async def user_for_token(self, token_hash: bytes) -> bytes | None: ...
+
+    async def fanout_targets(
+        self, token_hashes: Sequence[bytes]
+    ) -> dict[bytes, tuple[bytes, frozenset[bytes]]]:
+        """For each known token hash: its user and that user's registered devices.
+
+        The lookups of a fan-out (hundreds of tokens) in one call, answered like
+        ``user_for_token`` then ``user_devices`` for each; unknown tokens are left out.
+        """
 
     # -- mailboxes ----------------------------------------------------------------------
 

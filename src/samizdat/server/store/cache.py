@@ -6,6 +6,10 @@ skip two hops to the reader thread per deposit. Any write that could change an a
 (tokens, device lists) bumps the generation and empties the memo, both before and after
 it commits; a read that started under an older generation is not memoised, so a value
 read before a write can never be stored after it.
+
+PostgreSQL nodes use it too (``postgres.py``): there other nodes write, and each node
+hears of their writes over the Redis bus and forgets just the key a write changed
+(:meth:`ReadCache.discard`).
 """
 
 from __future__ import annotations
@@ -42,3 +46,8 @@ class ReadCache(Generic[_K, _V]):
     def invalidate(self) -> None:
         self.generation += 1
         self._data.clear()
+
+    def discard(self, key: _K) -> None:
+        """Forget one answer; like :meth:`invalidate`, no read in flight is memoised."""
+        self.generation += 1
+        self._data.pop(key, None)

@@ -105,4 +105,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             " WHERE expires_at IS NOT NULL",
         ),
     ),
+    Migration(
+        4,
+        (
+            # A fanned-out body (protocol §5.3.10) is stored once: its entries hold an
+            # empty body and its id. ``refs`` counts the entries that still point at it;
+            # the trigger drops the body with the last one, whichever path deletes it
+            # (ack, time to live, envelope expiry, device removal).
+            """CREATE TABLE bodies (
+                id INTEGER PRIMARY KEY,
+                body BLOB NOT NULL,
+                refs INTEGER NOT NULL
+            )""",
+            "ALTER TABLE mailbox_entries ADD COLUMN body_id INTEGER",
+            """CREATE TRIGGER mailbox_entries_release_body AFTER DELETE ON mailbox_entries
+            WHEN OLD.body_id IS NOT NULL BEGIN
+                UPDATE bodies SET refs = refs - 1 WHERE id = OLD.body_id;
+                DELETE FROM bodies WHERE id = OLD.body_id AND refs <= 0;
+            END""",
+        ),
+    ),
 )

@@ -3,8 +3,9 @@
 Version N here makes the same tables and indexes as version N of ``migrations.py``, in
 PostgreSQL types. Every mailbox table has ``device_id`` first in its primary key, so
 each can be hash-partitioned or sharded by device without changing a query: every
-statement on them names one device (docs/scaling.md). A released migration is never
-edited; a change is a new number in both chains.
+statement on them names one device (docs/scaling.md); ``bodies`` (4: a fan-out's body,
+stored once) is keyed by its own id. A released migration is never edited; a change is a
+new number in both chains.
 """
 
 from __future__ import annotations
@@ -82,6 +83,34 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE mailbox_entries ADD COLUMN expires_at BIGINT",
             "CREATE INDEX mailbox_entries_by_expiry ON mailbox_entries (expires_at)"
             " WHERE expires_at IS NOT NULL",
+        ),
+    ),
+    Migration(
+        4,
+        (
+            # As in SQLite: a fanned-out body once, dropped with the last entry that points
+            # at it. One statement-level trigger per DELETE; it locks the bodies in id
+            # order, so two deletes sharing bodies cannot deadlock on them.
+            """CREATE TABLE bodies (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                body BYTEA NOT NULL,
+                refs BIGINT NOT NULL
+            )""",
+            "ALTER TABLE mailbox_entries ADD COLUMN body_id BIGINT",
+            """CREATE FUNCTION release_bodies() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM 1 FROM bodies WHERE id IN (SELECT body_id FROM gone)
+                    ORDER BY id FOR UPDATE;
+                UPDATE bodies b SET refs = b.refs - g.n
+                FROM (SELECT body_id, count(*) AS n FROM gone
+                      WHERE body_id IS NOT NULL GROUP BY body_id) g
+                WHERE b.id = g.body_id;
+                DELETE FROM bodies WHERE id IN (SELECT body_id FROM gone) AND refs <= 0;
+                RETURN NULL;
+            END $$""",
+            """CREATE TRIGGER mailbox_entries_release_bodies AFTER DELETE ON mailbox_entries
+            REFERENCING OLD TABLE AS gone
+            FOR EACH STATEMENT EXECUTE FUNCTION release_bodies()""",
         ),
     ),
 )

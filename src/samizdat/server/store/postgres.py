@@ -4,8 +4,16 @@ Same semantics as :mod:`samizdat.server.store.sqlite` (the conformance suite run
 both). Differences that come from several nodes writing at once:
 
 * Each operation is one transaction on a pooled connection. ``synchronous_commit=on``
-  is forced per connection, so a commit (and thus ``DepositOk``) is on disk; PostgreSQL
-  batches concurrent commits into one WAL flush by itself (group commit).
+  is forced per connection, so a commit (and thus ``DepositOk``) is on disk.
+* Group commit on our side: deposits of concurrent sessions of one node wait in a queue
+  and go to the database together, as one statement (``_DEPOSIT_BATCH``, arrays through
+  ``unnest``) that is its own transaction: one round trip and one WAL flush per batch,
+  each depositor answered after that commit. A batch in which some mailbox would overflow
+  is rolled back whole and its deposits run one by one (``_DEPOSIT_ONE``), so one full
+  mailbox refuses exactly its own deposit. An ack is one statement too.
+* Token → user and user → devices are memoised per node (``cache.py``) once the node is
+  told about writes on other nodes (:meth:`PostgresStore.share_invalidations`, over the
+  Redis bus); without that every lookup reads the database.
 * The ``mailboxes`` row is the per-mailbox lock: a deposit increments ``last_seq`` with
   ``INSERT .. ON CONFLICT DO UPDATE .. RETURNING``, so concurrent deposits on any node
   get distinct, increasing seqs. Items are locked in device order to avoid deadlocks.
@@ -22,8 +30,9 @@ import asyncio
 import logging
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import asyncpg
@@ -38,11 +47,13 @@ from samizdat.server.store.base import (
     KeyCounts,
     MailboxEntry,
     RegisteredDevice,
+    shared_bodies,
 )
+from samizdat.server.store.cache import ReadCache
 from samizdat.server.store.migrations import Migration
 from samizdat.server.store.pg_migrations import PG_MIGRATIONS
 
-__all__ = ["PostgresStore", "open_pool", "pg_migrate"]
+__all__ = ["BATCHES_IN_FLIGHT", "PostgresStore", "open_pool", "pg_migrate"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -76,6 +87,108 @@ WITH fresh AS (
 )
 SELECT EXISTS (SELECT 1 FROM fresh), (SELECT last_seq FROM box), (SELECT size FROM box)
 """
+
+#: The envelopes of many deposits in one statement (so one implicit transaction, one round
+#: trip). Arrays: $1 device, $2 msg_id, $3 body, $4 expiry, $5 position in the batch
+#: (devices ascending, then the senders' order: mailbox rows are locked in device order);
+#: $6 now, $7 quota; $8 for an envelope whose body is shared (a fan-out's: its $3 is NULL)
+#: the body's index in $9 (from 1), the shared bodies, each stored once in ``bodies``.
+#: Returns (position, seq) of every fresh envelope; the duplicates are the
+#: positions missing. Any mailbox over its quota divides by zero: the whole statement, and
+#: so the batch, is rolled back, and the caller runs its deposits one by one.
+_DEPOSIT_BATCH: Final = """
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::BYTEA[], $2::BYTEA[], $3::BYTEA[], $4::BIGINT[], $5::INT[], $8::INT[]
+    ) AS t (device_id, msg_id, body, expires_at, pos, body_ref)
+), fresh AS (
+    INSERT INTO msg_ids SELECT device_id, msg_id, $6 FROM input ORDER BY pos
+    ON CONFLICT DO NOTHING RETURNING device_id, msg_id
+), ranked AS (
+    SELECT i.device_id, i.msg_id, i.body, i.expires_at, i.pos, i.body_ref,
+        row_number() OVER (PARTITION BY i.device_id ORDER BY i.pos) AS rank,
+        count(*) OVER (PARTITION BY i.device_id) AS n
+    FROM input i JOIN fresh f ON f.device_id = i.device_id AND f.msg_id = i.msg_id
+), box AS (
+    INSERT INTO mailboxes
+    SELECT device_id, max(n), max(n) FROM ranked GROUP BY device_id ORDER BY device_id
+    ON CONFLICT (device_id) DO UPDATE
+    SET last_seq = mailboxes.last_seq + excluded.last_seq,
+        size = mailboxes.size + excluded.size
+    RETURNING device_id, last_seq, size
+), shared AS (
+    SELECT s.k, nextval(pg_get_serial_sequence('bodies', 'id')) AS id, s.body, c.n
+    FROM unnest($9::BYTEA[]) WITH ORDINALITY AS s (body, k)
+    JOIN (SELECT body_ref, count(*) AS n FROM ranked WHERE body_ref IS NOT NULL
+          GROUP BY body_ref) c ON c.body_ref = s.k
+), stored_bodies AS (
+    INSERT INTO bodies (id, body, refs) OVERRIDING SYSTEM VALUE SELECT id, body, n FROM shared
+), entry AS (
+    INSERT INTO mailbox_entries
+        (device_id, seq, msg_id, body, received_at, expires_at, body_id)
+    SELECT r.device_id, b.last_seq - r.n + r.rank, r.msg_id, coalesce(r.body, ''::BYTEA), $6,
+        r.expires_at, s.id
+    FROM ranked r JOIN box b ON b.device_id = r.device_id LEFT JOIN shared s ON s.k = r.body_ref
+)
+SELECT r.pos, b.last_seq - r.n + r.rank, 1 / (CASE WHEN b.size > $7 THEN 0 ELSE 1 END)
+FROM ranked r JOIN box b ON b.device_id = r.device_id
+"""
+
+#: The acks of many devices (each at most once) in one statement: $1 devices, $2 up_to
+#: each, $3 forget msg_ids older than this. The mailbox counters are updated through an
+#: upsert in device order, the lock order of deposits (the row always exists: it was
+#: made with the entries). Returns (device, entries deleted) for each device.
+_ACK_BATCH: Final = """
+WITH input AS (
+    SELECT * FROM unnest($1::BYTEA[], $2::BIGINT[]) AS t (device_id, up_to)
+), gone AS (
+    DELETE FROM mailbox_entries e USING input i
+    WHERE e.device_id = i.device_id AND e.seq <= i.up_to
+    RETURNING e.device_id
+), counts AS (
+    SELECT device_id, count(*) AS n FROM gone GROUP BY device_id
+), box AS (
+    INSERT INTO mailboxes SELECT device_id, 0, n FROM counts ORDER BY device_id
+    ON CONFLICT (device_id) DO UPDATE SET size = mailboxes.size - excluded.size
+), old AS (
+    DELETE FROM msg_ids o USING input i WHERE o.device_id = i.device_id AND o.at < $3
+)
+SELECT i.device_id, coalesce(c.n, 0) FROM input i LEFT JOIN counts c ON c.device_id = i.device_id
+"""
+
+#: Batches a node has in the database at once. One: a connection pipelines deposits
+#: (session.py), and two batches in flight could lock a mailbox row in either order, so
+#: the later deposit could take the lower seq. The next batch fills while this one commits.
+BATCHES_IN_FLIGHT: Final = 1
+#: At most this many envelopes go to the database in one batch.
+_MAX_BATCH_ENVELOPES: Final = 2000
+#: A memoised answer is forgotten after this long even without an invalidation (a safety
+#: net for an invalidation lost on a broken Redis connection of the writing node).
+_CACHE_MAX_AGE: Final = 60.0
+#: Cache keys, as published to other nodes: a kind byte, then the token hash or user key.
+_TOKEN_KEY: Final = b"t"
+_USER_KEY: Final = b"u"
+
+Announce = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass
+class _Pending:
+    """One deposit waiting for its batch."""
+
+    items: list[DepositItem]
+    now_ms: int
+    future: asyncio.Future[DepositResult] = field(repr=False)
+
+
+@dataclass
+class _PendingAck:
+    """One ack waiting for its batch."""
+
+    device_id: bytes = field(repr=False)
+    up_to: int
+    now_ms: int
+    future: asyncio.Future[int] = field(repr=False)
 
 
 async def pg_migrate(
@@ -162,6 +275,7 @@ class PostgresStore:
         *,
         schema: str | None = None,
         pool_size: int = 10,
+        batches_in_flight: int = BATCHES_IN_FLIGHT,
         max_mailbox_entries: int = limits.MAX_MAILBOX_ENTRIES,
         max_stored_one_time_keys: int = limits.MAX_STORED_ONE_TIME_KEYS,
         max_tokens_per_user: int = limits.MAX_TOKENS_PER_USER,
@@ -173,6 +287,22 @@ class PostgresStore:
         self._max_otks = max_stored_one_time_keys
         self._max_tokens = max_tokens_per_user
         self._pool: Any = None
+        self._batches_in_flight = batches_in_flight
+        # Deposits waiting for the next batch, and the committers that take them.
+        self._queue: deque[_Pending] = deque()
+        self._acks: deque[_PendingAck] = deque()
+        self._queued = asyncio.Event()
+        self._committers: list[asyncio.Task[None]] = []
+        self._closing = False
+        #: Batches written so far (each one statement, one commit): for tests and benches.
+        self.deposit_batches = 0
+        # Memos of the two lookups every deposit makes; used only while ``_announce`` is
+        # set and the node hears other nodes' invalidations (``cache_live``).
+        self._token_users: ReadCache[bytes, bytes] = ReadCache()
+        self._user_devices: ReadCache[bytes, frozenset[bytes]] = ReadCache()
+        self._announce: Announce | None = None
+        self._cache_live = False
+        self._cache_since = 0.0
 
     def __repr__(self) -> str:
         return "PostgresStore(<db>)"
@@ -189,11 +319,70 @@ class PostgresStore:
             # state behind (no SET, LISTEN, cursors; advisory locks are transaction-scoped).
             reset=_no_reset,
         )
+        self._closing = False
+        self._committers = [
+            asyncio.create_task(self._run_batches(), name="samizdat-pg-deposits")
+            for _ in range(self._batches_in_flight)
+        ]
 
     async def close(self) -> None:
+        committers, self._committers = self._committers, []
+        if committers:
+            # Deposits already queued are written (or fail) before the pool goes.
+            self._closing = True
+            self._queued.set()
+            await asyncio.wait(committers)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    # -- the per-node cache and its invalidation ------------------------------------------
+
+    def share_invalidations(self, announce: Announce) -> None:
+        """Memoise token and device-list lookups from now on, telling other nodes of every
+        write through ``announce`` (awaited after the commit, before the write returns).
+
+        The caller (the Redis bus) must call :meth:`cache_live` with True once it hears
+        other nodes' invalidations, :meth:`invalidated` for each, and
+        :meth:`cache_live` with False whenever it may have missed some.
+        """
+        self._announce = announce
+
+    def cache_live(self, live: bool) -> None:
+        self._drop_cache()
+        self._cache_live = live and self._announce is not None
+        self._cache_since = time.monotonic()
+
+    def invalidated(self, key: bytes) -> None:
+        """Another node changed the answer for ``key`` (a token hash or a user key)."""
+        if key[:1] == _TOKEN_KEY:
+            self._token_users.discard(key[1:])
+        elif key[:1] == _USER_KEY:
+            self._user_devices.discard(key[1:])
+
+    def _drop_cache(self) -> None:
+        self._token_users.invalidate()
+        self._user_devices.invalidate()
+
+    def _cache_usable(self) -> bool:
+        if not self._cache_live:
+            return False
+        now = time.monotonic()
+        if now - self._cache_since > _CACHE_MAX_AGE:
+            self._drop_cache()
+            self._cache_since = now
+        return True
+
+    async def _write_invalidating(self, key: bytes, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+        """A write that may change a memoised answer: forget it locally around the commit,
+        then tell the other nodes before the write returns."""
+        self.invalidated(key)
+        try:
+            return await self._tx(fn)
+        finally:
+            self.invalidated(key)
+            if self._announce is not None:
+                await self._announce(key)
 
     async def _tx(self, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
         """Run ``fn`` in one transaction; retry on deadlocks and lost races."""
@@ -292,7 +481,7 @@ class PostgresStore:
                     device.device_id,
                 )
 
-        await self._tx(run)
+        await self._write_invalidating(_USER_KEY + user_key, run)
 
     async def get_device(self, device_id: bytes) -> RegisteredDevice | None:
         async def run(conn: Conn) -> RegisteredDevice | None:
@@ -309,11 +498,19 @@ class PostgresStore:
         return await self._read(run)
 
     async def user_devices(self, user_key: bytes) -> frozenset[bytes]:
+        cache = self._user_devices if self._cache_usable() else None
+        if cache is not None and (cached := cache.get(user_key)) is not None:
+            return cached
+        generation = self._user_devices.generation
+
         async def run(conn: Conn) -> frozenset[bytes]:
             rows = await conn.fetch("SELECT device_id FROM devices WHERE user_key = $1", user_key)
             return frozenset(bytes(row[0]) for row in rows)
 
-        return await self._read(run)
+        devices = await self._read(run)
+        if cache is not None:
+            cache.put(user_key, devices, generation)
+        return devices
 
     async def add_one_time_keys(
         self, device_id: bytes, keys: Sequence[SignedKey], fallback: SignedKey | None
@@ -401,20 +598,256 @@ class PostgresStore:
             )
             return bool(_rowcount(status))
 
-        return await self._tx(run)
+        return await self._write_invalidating(_TOKEN_KEY + token_hash, run)
 
     async def user_for_token(self, token_hash: bytes) -> bytes | None:
+        cache = self._token_users if self._cache_usable() else None
+        if cache is not None and (cached := cache.get(token_hash)) is not None:
+            return cached
+        generation = self._token_users.generation
+
         async def run(conn: Conn) -> bytes | None:
             owner = await conn.fetchval(
                 "SELECT user_key FROM tokens WHERE token_hash = $1", token_hash
             )
             return None if owner is None else bytes(owner)
 
-        return await self._read(run)
+        user_key = await self._read(run)
+        # Unknown tokens are not memoised: add_token then needs no invalidation.
+        if cache is not None and user_key is not None:
+            cache.put(token_hash, user_key, generation)
+        return user_key
+
+    async def fanout_targets(
+        self, token_hashes: Sequence[bytes]
+    ) -> dict[bytes, tuple[bytes, frozenset[bytes]]]:
+        # Memoised answers first (when the cache is live); the rest in one statement.
+        usable = self._cache_usable()
+        token_users, user_devices = self._token_users, self._user_devices
+        found: dict[bytes, tuple[bytes, frozenset[bytes]]] = {}
+        missing: list[bytes] = []
+        for token_hash in token_hashes:
+            user_key = token_users.get(token_hash) if usable else None
+            devices = None if user_key is None else user_devices.get(user_key)
+            if user_key is not None and devices is not None:
+                found[token_hash] = (user_key, devices)
+            else:
+                missing.append(token_hash)
+        if not missing:
+            return found
+        generations = (token_users.generation, user_devices.generation)
+
+        async def run(conn: Conn) -> dict[bytes, tuple[bytes, frozenset[bytes]]]:
+            rows = await conn.fetch(
+                "SELECT t.token_hash, t.user_key,"
+                " array_remove(array_agg(d.device_id), NULL) AS devices"
+                " FROM tokens t LEFT JOIN devices d ON d.user_key = t.user_key"
+                " WHERE t.token_hash = ANY($1::bytea[])"
+                " GROUP BY t.token_hash, t.user_key",
+                list(set(missing)),
+            )
+            return {
+                bytes(row[0]): (bytes(row[1]), frozenset(bytes(d) for d in row[2])) for row in rows
+            }
+
+        read = await self._read(run)
+        if usable:
+            for token_hash, (user_key, devices) in read.items():
+                token_users.put(token_hash, user_key, generations[0])
+                user_devices.put(user_key, devices, generations[1])
+        found.update(read)
+        return found
 
     # -- mailboxes ----------------------------------------------------------------------
 
     async def deposit(self, items: Sequence[DepositItem], now_ms: int) -> DepositResult:
+        if not self._committers:
+            raise LocalError("store is not open")
+        future: asyncio.Future[DepositResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(list(items), now_ms, future))
+        self._queued.set()
+        return await future
+
+    async def _run_batches(self) -> None:
+        """The group committer: whatever deposits (or else acks) queued up while the
+        previous batch was in the database go in the next one."""
+        acks_turn = False
+        while True:
+            # Deposits and acks take turns, so neither starves the other.
+            acks_turn = not acks_turn
+            if self._acks and (acks_turn or not self._queue):
+                acks: dict[bytes, _PendingAck] = {}
+                held: list[_PendingAck] = []
+                while self._acks and len(acks) < _MAX_BATCH_ENVELOPES:
+                    ack = self._acks.popleft()
+                    # One ack per device in a statement; a second waits for the next.
+                    if ack.device_id in acks:
+                        held.append(ack)
+                    else:
+                        acks[ack.device_id] = ack
+                self._acks.extendleft(reversed(held))
+                await self._ack_batch(list(acks.values()))
+                continue
+            if self._queue:
+                batch: list[_Pending] = []
+                envelopes = 0
+                while self._queue and (not batch or envelopes < _MAX_BATCH_ENVELOPES):
+                    pending = self._queue.popleft()
+                    batch.append(pending)
+                    envelopes += len(pending.items)
+                await self._deposit_batch(batch)
+                continue
+            if self._closing:
+                return
+            # No await between this check and the wait: a deposit cannot slip in unseen.
+            self._queued.clear()
+            await self._queued.wait()
+
+    async def _ack_batch(self, batch: list[_PendingAck]) -> None:
+        now_ms = max(ack.now_ms for ack in batch)
+
+        async def run(conn: Conn) -> list[Any]:
+            return list(
+                await conn.fetch(
+                    _ACK_BATCH,
+                    [ack.device_id for ack in batch],
+                    [ack.up_to for ack in batch],
+                    now_ms - MSG_ID_RETENTION_MS,
+                )
+            )
+
+        try:
+            rows = await self._statement(run)
+        except BaseException as exc:
+            _fail(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        deleted = {bytes(row[0]): int(row[1]) for row in rows}
+        for ack in batch:
+            if not ack.future.done():
+                ack.future.set_result(deleted.get(ack.device_id, 0))
+
+    async def _deposit_batch(self, batch: list[_Pending]) -> None:
+        """Write ``batch`` in one statement and answer each depositor."""
+        if not batch:
+            return
+        try:
+            results = await self._write_batch(batch)
+        except _QuotaInBatch:
+            # Someone's mailbox is full: nothing was written. Each deposit on its own,
+            # so only those that overflow are refused.
+            for pending in batch:  # in order: a connection's deposits keep their seq order
+                await self._deposit_alone(pending)
+            return
+        except BaseException as exc:
+            _fail(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    async def _write_batch(self, batch: list[_Pending]) -> list[DepositResult]:
+        # Positions: devices ascending (one lock order on every node), then the deposit's
+        # and the sender's order. A (device, msg_id) seen earlier in the batch is a
+        # duplicate without asking the database.
+        now_ms = batch[0].now_ms
+        flat: list[tuple[bytes, int, int, DepositItem]] = []
+        seen: set[tuple[bytes, bytes]] = set()
+        for owner, pending in enumerate(batch):
+            now_ms = max(now_ms, pending.now_ms)
+            for index, item in enumerate(pending.items):
+                key = (item.device_id, item.msg_id)
+                if key in seen:
+                    continue
+                seen.add(key)
+                flat.append((item.device_id, owner, index, item))
+        flat.sort(key=lambda entry: entry[:3])
+        items = [entry[3] for entry in flat]
+        # A body that several envelopes share (a fan-out's) goes over the wire and into
+        # ``bodies`` once; its envelopes carry its index instead.
+        repeated = shared_bodies(items)
+        bodies: list[bytes | None] = []
+        refs: list[int | None] = []
+        shared: list[bytes] = []
+        numbers: dict[int, int] = {}
+        for i in items:
+            if repeated and id(i.body) in repeated:
+                ref = numbers.get(id(i.body))
+                if ref is None:
+                    shared.append(i.body)
+                    ref = numbers[id(i.body)] = len(shared)
+                bodies.append(None)
+                refs.append(ref)
+            else:
+                bodies.append(i.body)
+                refs.append(None)
+
+        async def run(conn: Conn) -> list[Any]:
+            return list(
+                await conn.fetch(
+                    _DEPOSIT_BATCH,
+                    [i.device_id for i in items],
+                    [i.msg_id for i in items],
+                    bodies,
+                    [i.expires_at for i in items],
+                    list(range(len(items))),
+                    now_ms,
+                    self._max_mailbox,
+                    refs,
+                    shared,
+                )
+            )
+
+        rows = await self._statement(run)
+        self.deposit_batches += 1
+        stored = [0] * len(batch)
+        news: list[dict[bytes, int]] = [{} for _ in batch]
+        for pos, seq, _ in rows:
+            device_id, owner, _, _ = flat[pos]
+            stored[owner] += 1
+            if seq > news[owner].get(device_id, 0):
+                news[owner][device_id] = seq
+        return [
+            DepositResult(stored=stored[k], duplicates=len(p.items) - stored[k], news=news[k])
+            for k, p in enumerate(batch)
+        ]
+
+    async def _statement(self, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+        """One statement as its own transaction (no BEGIN/COMMIT round trips); retried on
+        deadlocks and lost races like :meth:`_tx`."""
+        if self._pool is None:
+            raise LocalError("store is not open")
+        for attempt in range(_RETRIES):
+            try:
+                async with self._pool.acquire() as conn:
+                    return await fn(conn)
+            except asyncpg.exceptions.DivisionByZeroError:
+                raise _QuotaInBatch from None
+            except _RETRYABLE:
+                if attempt == _RETRIES - 1:
+                    _log.error("store statement kept conflicting")
+                    raise LocalError("store transaction failed") from None
+                await asyncio.sleep(0.001 * (attempt + 1))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                _log.error("store statement failed: %s", type(exc).__name__)
+                raise LocalError("store transaction failed") from None
+        raise LocalError("unreachable")  # pragma: no cover
+
+    async def _deposit_alone(self, pending: _Pending) -> None:
+        try:
+            result = await self._deposit_one(pending.items, pending.now_ms)
+        except Exception as exc:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+            return
+        if not pending.future.done():
+            pending.future.set_result(result)
+
+    async def _deposit_one(self, items: Sequence[DepositItem], now_ms: int) -> DepositResult:
+        """One deposit in its own transaction (the path a batch with a full mailbox takes)."""
         max_mailbox = self._max_mailbox
         # Stable sort: mailbox rows are locked in one global order (no deadlock between
         # two multi-device deposits) and each device keeps the sender's order.
@@ -450,8 +883,9 @@ class PostgresStore:
     async def fetch(self, device_id: bytes, after: int, limit: int) -> list[MailboxEntry]:
         async def run(conn: Conn) -> list[MailboxEntry]:
             rows = await conn.fetch(
-                "SELECT seq, msg_id, body, received_at FROM mailbox_entries"
-                " WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                "SELECT e.seq, e.msg_id, coalesce(b.body, e.body), e.received_at"
+                " FROM mailbox_entries e LEFT JOIN bodies b ON b.id = e.body_id"
+                " WHERE e.device_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3",
                 device_id,
                 after,
                 limit,
@@ -461,28 +895,12 @@ class PostgresStore:
         return await self._read(run)
 
     async def ack(self, device_id: bytes, up_to: int, now_ms: int) -> int:
-        async def run(conn: Conn) -> int:
-            deleted = _rowcount(
-                await conn.execute(
-                    "DELETE FROM mailbox_entries WHERE device_id = $1 AND seq <= $2",
-                    device_id,
-                    up_to,
-                )
-            )
-            if deleted:
-                await conn.execute(
-                    "UPDATE mailboxes SET size = size - $1 WHERE device_id = $2",
-                    deleted,
-                    device_id,
-                )
-            await conn.execute(
-                "DELETE FROM msg_ids WHERE device_id = $1 AND at < $2",
-                device_id,
-                now_ms - MSG_ID_RETENTION_MS,
-            )
-            return deleted
-
-        return await self._tx(run)
+        if not self._committers:
+            raise LocalError("store is not open")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._acks.append(_PendingAck(device_id, up_to, now_ms, future))
+        self._queued.set()
+        return await future
 
     async def expire(self, before_ms: int) -> int:
         async def run(conn: Conn) -> int:
@@ -533,6 +951,20 @@ class PostgresStore:
             return 0 if seq is None else int(seq)
 
         return await self._read(run)
+
+
+def _fail(batch: Sequence[_Pending | _PendingAck], exc: BaseException) -> None:
+    """Answer every request of a failed batch with a LocalError (``internal``)."""
+    if not isinstance(exc, LocalError):
+        _log.error("store batch failed: %r", exc)
+        exc = LocalError("store batch failed")
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+
+class _QuotaInBatch(Exception):
+    """A mailbox of the batch would overflow; the statement was rolled back."""
 
 
 async def _no_reset(conn: Conn) -> None:

@@ -581,8 +581,18 @@ async function viewDevices() {
       announce(err.message);
     }
   });
+  const delivery = el("input", { type: "checkbox", id: "delivery-receipts", checked: !!(ui.state && ui.state.delivery_receipts) });
+  delivery.addEventListener("change", async () => {
+    try {
+      const answer = await act("delivery_receipts", { on: delivery.checked });
+      announce(answer.on ? "Delivery receipts on." : "Delivery receipts off.");
+    } catch (err) {
+      announce(err.message);
+    }
+  });
   const privacy = el("section", { class: "card", "aria-labelledby": "privacy" }, el("h3", { id: "privacy", text: "Privacy" }),
-    el("div", { class: "row" }, receipts, el("label", { for: "read-receipts", text: "Send read receipts (and see other people's)" })));
+    el("div", { class: "row" }, receipts, el("label", { for: "read-receipts", text: "Send read receipts (and see other people's)" })),
+    el("div", { class: "row" }, delivery, el("label", { for: "delivery-receipts", text: "Send delivery receipts (never in groups of more than 50)" })));
   return show("devices", "Devices",
     el("ul", { class: "plain-list", "aria-label": "Your devices" }, list.map((d) => el("li", {}, d.id.slice(0, 12) + (d.current ? " (this device)" : ""),
       d.current ? null : el("button", { type: "button", class: "danger", text: "Remove", "aria-label": "Remove device " + d.id.slice(0, 12), onclick: async () => { await act("revoke_device", { id: d.id }); announce("Removed."); await go("devices"); } })))),

@@ -1,0 +1,245 @@
+"""Receiving 1:1: ``Client.listen`` and what it does with each mailbox entry (protocol §5, §6).
+
+``listen`` subscribes on our own server and takes entries as they come; each entry is
+opened, deduplicated and stored in one store transaction (:func:`process`), then the batch
+is acknowledged, so an interrupted ``listen`` loses nothing. On each (re)connection it
+resends what is queued (client/sending.py, client/group_outbox.py); after each batch it
+sends delivery receipts and deletes what expired (client/actions.py).
+
+Group fan-out entries go to client/group_inbox.py, control messages to
+client/dispatch.py, message actions and receipts to client/actions.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from samizdat.client import actions as message_actions
+from samizdat.client import attachments, group_inbox, reach
+from samizdat.client import records as rec
+from samizdat.client.attachments import AttachmentInfo
+from samizdat.client.connection import Connection, now_ms
+from samizdat.client.dispatch import on_control
+from samizdat.client.messaging import decrypt_olm, open_entry, verify_card
+from samizdat.client.records import Contact, ContactState, HistoryRecord
+from samizdat.crypto.padding import unpad
+from samizdat.errors import ConnectError, DecryptionError, ErrorCode, ProtocolError, RemoteError
+from samizdat.protocol import frames
+from samizdat.protocol.control import decode_group_box
+from samizdat.protocol.envelope import Payload, PayloadKind, decode_payload
+from samizdat.protocol.keys import decode_device_list
+
+if TYPE_CHECKING:
+    from samizdat.client.app import Client
+
+__all__ = ["Received", "listen", "subscribed", "process", "open_mailbox_entry", "sender_contact"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Received:
+    """A message yielded by :meth:`Client.listen`."""
+
+    sender: str
+    text: str = field(repr=False)
+    id: str
+    sent_at: int
+    request: bool
+    #: The group's local name for a group message (client/groups.py), else None.
+    group: str | None = None
+    #: The file this message carries; fetch it with ``attachments.download(client, id)``.
+    attachment: AttachmentInfo | None = None
+
+
+async def listen(
+    client: Client,
+    count: int | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - the documented API
+) -> AsyncGenerator[Received, None]:
+    """Yield messages as they arrive on our server.
+
+    Stops after ``count`` messages, or once no message arrived for ``timeout``
+    seconds (an idle timeout; None waits forever). Entries are acknowledged once
+    stored, so an interrupted ``listen`` loses nothing.
+    """
+    yielded = 0
+    failures = 0
+    since = asyncio.get_running_loop().time()
+    resent_on: Connection | None = None
+    while count is None or yielded < count:
+        try:
+            conn = await subscribed(client)
+            if conn is not resent_on:
+                # (Re)connected: what failed to go out before goes now, unprompted.
+                resent_on = conn
+                client._start_resend()
+            if conn.backlog:
+                entries, conn.backlog = conn.backlog, []
+            else:
+                deliver = await conn.next_delivery(timeout)
+                if deliver is None:
+                    return
+                entries = list(deliver.entries)
+        except ConnectError as exc:
+            # Dropped or blocked: reconnect for as long as we run, with jittered backoff
+            # (DESIGN §6); unacknowledged entries come again on the new subscription.
+            # Replaced by another listener: stop, or the two would take turns forever.
+            # With an idle timeout, give up once that long passed without a connection.
+            await client._drop(client._identity.server_key)
+            failures += 1
+            elapsed = asyncio.get_running_loop().time() - since
+            if ErrorCode.REPLACED.value in str(exc) or (timeout is not None and elapsed > timeout):
+                raise
+            await asyncio.sleep(reach.backoff(failures))
+            continue
+        failures = 0
+        since = asyncio.get_running_loop().time()
+        batch: list[Received] = []
+        last = 0
+        for index, entry in enumerate(entries):
+            if count is not None and yielded + len(batch) >= count:
+                # Delivered on this subscription but not consumed: the server will not
+                # send them again on this connection, so keep them for the next call.
+                conn.backlog = entries[index:]
+                break
+            received = process(client, entry)
+            last = entry.seq
+            if received is not None:
+                batch.append(received)
+        if last:
+            with contextlib.suppress(RemoteError):
+                await conn.call(frames.Ack(rid=0, up_to=last), frames.Ok)
+            # Delivery receipts for what was stored; expired messages go (§6.2).
+            await message_actions.after_batch(client)
+            if client.on_stored is not None:
+                client.on_stored()
+        for received in batch:
+            yielded += 1
+            yield received
+
+
+async def subscribed(client: Client) -> Connection:
+    conn = await client._own()
+    if not conn.subscribed:
+        raw = client._store.get("cursor", "")
+        after = int.from_bytes(raw, "big") if raw else 0
+        await conn.call(frames.Subscribe(rid=0, after=after), frames.Ok)
+        conn.subscribed = True
+    return conn
+
+
+def process(client: Client, entry: frames.Entry) -> Received | None:
+    """Decrypt, store and dedupe one entry (in one locked transaction)."""
+    with client._store.locked():
+        raw = client._store.get("cursor", "")
+        if raw and entry.seq <= int.from_bytes(raw, "big"):
+            return None
+        client._store.put("cursor", "", entry.seq.to_bytes(8, "big"))
+        try:
+            box = decode_group_box(entry.body)
+            if box is not None:
+                return group_inbox.on_group_box(client, box)
+            return open_mailbox_entry(client, entry)
+        except (DecryptionError, ProtocolError, msgspec.ValidationError) as exc:
+            log.info("dropped a mailbox entry that does not open: %s", type(exc).__name__)
+            return None
+
+
+def open_mailbox_entry(client: Client, entry: frames.Entry) -> Received | None:
+    sealed = open_entry(client._sealing, entry.body)
+    sender_key = sealed.sender_identity_key
+    sessions = client._load_sessions(sender_key)
+    plaintext = decrypt_olm(sessions, sealed, client._load_account, client._save_account)
+    client._save_sessions(sender_key, sessions)
+    payload = decode_payload(unpad(plaintext))
+    if payload.kind == PayloadKind.CONTROL and payload.control is not None:
+        on_control(client, sender_key, payload.control)
+        return None
+    if payload.action is not None and payload.action.receipt is not None:
+        # Receipts also come from group members who are not contacts.
+        message_actions.on_receipt(client, sender_key, payload)
+        return None
+    contact = sender_contact(client, sender_key, payload)
+    if contact is None or contact.state == ContactState.BLOCKED:
+        return None
+    if not contact.answered:
+        contact.answered = True
+        client._save_contact(contact)
+    seen = contact.user_key + payload.msg_id
+    if client._store.get("seen", seen) is not None:
+        return None
+    client._store.put("seen", seen, b"")
+    if not message_actions.on_message(client, contact, payload):
+        return None  # a reaction, edit, deletion or timer change, or already expired
+    if payload.attachment is not None:
+        attachments.remember(client._store, payload.msg_id, payload.attachment)
+    client._store.append(
+        "history",
+        contact.cid,
+        rec.encode(
+            HistoryRecord(
+                direction="in",
+                text=payload.text,
+                msg_id=payload.msg_id,
+                sent_at=payload.sent_at,
+                received_at=entry.received_at,
+            )
+        ),
+    )
+    return Received(
+        sender=contact.name,
+        text=payload.text,
+        id=payload.msg_id.hex(),
+        sent_at=payload.sent_at,
+        request=contact.state == ContactState.REQUEST,
+        attachment=attachments.summary(payload.attachment) if payload.attachment else None,
+    )
+
+
+def sender_contact(client: Client, sender_key: bytes, payload: Payload) -> Contact | None:
+    """Who wrote: a contact by identity key, else a new request from the card."""
+    cid = client._store.get("ident", sender_key)
+    if cid is not None:
+        return client._contact(cid)
+    if payload.card is None:
+        log.info("dropped a message from an unknown sender without a card")
+        return None
+    verified = verify_card(payload.card, now_ms())
+    if verified.device(sender_key) is None:
+        log.info("dropped a message whose card does not list its sender")
+        return None
+    user_key = verified.device_list.user_key
+    cid = client._store.get("user", user_key)
+    if cid is not None:
+        # A known user with a new device list: keep the newer one.
+        contact = client._contact(cid)
+        if verified.device_list.version > contact.device_list_version:
+            contact.devices = payload.card.devices
+            contact.device_list_version = verified.device_list.version
+            client._save_contact(contact)
+            client._index_contact(contact)
+        listed = {d.identity_key for d in decode_device_list(contact.devices).devices}
+        return contact if sender_key in listed else None
+    contact = Contact(
+        cid=secrets.token_bytes(16),
+        name=client._unique_name(payload.card.name or verified.device_list.display_name),
+        state=ContactState.REQUEST,
+        user_key=user_key,
+        devices=payload.card.devices,
+        device_list_version=verified.device_list.version,
+        server_key=verified.descriptor.server_key,
+        server=payload.card.server,
+        token=payload.card.token,
+    )
+    client._save_contact(contact)
+    client._index_contact(contact)
+    return contact
