@@ -6,7 +6,9 @@ import hashlib
 import os
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 import msgspec
@@ -29,7 +31,11 @@ from samizdat.protocol.keys import (
     one_time_key_message,
 )
 from samizdat.protocol.links import decode_server_link
-from samizdat.server.identity import spki_pin
+from samizdat.server.bus.local import LocalBus
+from samizdat.server.identity import endpoint_url, load_or_create_identity, spki_pin
+from samizdat.server.ratelimit import KeyedBuckets, RateLimits
+from samizdat.server.session import ConsumerRegistry, Session, SessionDeps
+from samizdat.server.store.base import Store
 
 NOW_MS = 1_800_000_000_000
 
@@ -200,3 +206,50 @@ class FrameClient:
         assert isinstance(answer, f.Error), answer
         assert answer.code == code, answer
         return answer
+
+
+def memory_deps(
+    store: Store,
+    tmp: Path,
+    *,
+    limits: f.Limits | None = None,
+    token_buckets: KeyedBuckets | None = None,
+    now_ms: Callable[[], int] | None = None,
+) -> SessionDeps:
+    """What sessions driven in memory (no network) share: a real identity and store."""
+    identity = load_or_create_identity(tmp / "id", ["127.0.0.1"])
+    return SessionDeps(
+        store=store,
+        bus=LocalBus(),
+        server_key=identity.server_key,
+        descriptor=identity.descriptor([endpoint_url("127.0.0.1", 1)], int(time.time() * 1000)),
+        limits=limits or f.Limits(),
+        rate_limits=RateLimits(),
+        consumers=ConsumerRegistry(),
+        token_buckets=token_buckets or KeyedBuckets(1000, 1000, 100),
+        monotonic=time.monotonic,
+        now_ms=now_ms or (lambda: int(time.time() * 1000)),
+        random_bytes=os.urandom,
+    )
+
+
+async def registered_session(deps: SessionDeps) -> tuple[Session, User, bytes]:
+    """A session in memory with a newly registered device and one delivery token."""
+    session = Session(deps)
+    await session.receive_bytes(f.encode(f.Hello(versions=[1])))
+    welcome = await session.next_frame()
+    assert isinstance(welcome, f.Welcome)
+    user = User.generate()
+    device = user.devices[0]
+    register = f.Register(
+        rid=1,
+        device=device.keys,
+        devices=user.signed_list(),
+        proof=device.proof(deps.server_key, welcome.nonce),
+    )
+    await session.receive_bytes(f.encode(register))
+    assert isinstance(await session.next_frame(), f.AuthOk)
+    token = os.urandom(32)
+    await session.receive_bytes(f.encode(f.AddToken(rid=2, token=token)))
+    assert isinstance(await session.next_frame(), f.Ok)
+    return session, user, token

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
-import time
 from pathlib import Path
 
 import msgspec
@@ -14,13 +12,11 @@ from hypothesis import strategies as st
 
 from samizdat.errors import ErrorCode
 from samizdat.protocol import frames as f
-from samizdat.server.bus.local import LocalBus
-from samizdat.server.identity import endpoint_url, load_or_create_identity
-from samizdat.server.ratelimit import KeyedBuckets, RateLimits
-from samizdat.server.session import ConsumerRegistry, Session, SessionDeps
+from samizdat.server.ratelimit import KeyedBuckets
+from samizdat.server.session import Session
 from samizdat.server.store.sqlite import SqliteStore
 
-from .helpers import User
+from .helpers import memory_deps, registered_session
 
 _frame_like = st.dictionaries(
     st.sampled_from(["t", "rid", "token", "envelopes", "after", "up_to", "versions", "x"]),
@@ -37,28 +33,13 @@ _messages = st.lists(
 )
 
 
-def _deps(store: SqliteStore, tmp: Path) -> SessionDeps:
-    identity = load_or_create_identity(tmp / "id", ["127.0.0.1"])
-    return SessionDeps(
-        store=store,
-        bus=LocalBus(),
-        server_key=identity.server_key,
-        descriptor=identity.descriptor([endpoint_url("127.0.0.1", 1)], int(time.time() * 1000)),
-        limits=f.Limits(),
-        rate_limits=RateLimits(),
-        consumers=ConsumerRegistry(),
-        token_buckets=KeyedBuckets(10, 10, 100),
-        monotonic=time.monotonic,
-        now_ms=lambda: 1,
-        random_bytes=os.urandom,
-    )
-
-
 async def _drive(tmp: Path, messages: list[bytes]) -> list[f.ServerFrame | None]:
     store = SqliteStore(tmp / "db")
     await store.open()
     try:
-        session = Session(_deps(store, tmp))
+        session = Session(
+            memory_deps(store, tmp, token_buckets=KeyedBuckets(10, 10, 100), now_ms=lambda: 1)
+        )
         out: list[f.ServerFrame | None] = []
         for data in [f.encode(f.Hello(versions=[1])), *messages]:
             await session.receive_bytes(data)
@@ -85,21 +66,9 @@ async def test_session_repr_has_no_secrets(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db")
     await store.open()
     try:
-        deps = _deps(store, tmp_path)
-        session = Session(deps)
-        await session.receive_bytes(f.encode(f.Hello(versions=[1])))
-        welcome = await session.next_frame()
-        assert isinstance(welcome, f.Welcome)
-        user = User.generate()
+        deps = memory_deps(store, tmp_path)
+        session, user, _ = await registered_session(deps)
         device = user.devices[0]
-        register = f.Register(
-            rid=1,
-            device=device.keys,
-            devices=user.signed_list(),
-            proof=device.proof(deps.server_key, welcome.nonce),
-        )
-        await session.receive_bytes(f.encode(register))
-        assert isinstance(await session.next_frame(), f.AuthOk)
         for text in (repr(session), repr(deps), repr(deps.consumers), repr(store)):
             assert device.device_id.hex() not in text and str(device.device_id) not in text
             assert "authenticated=True" in repr(session)

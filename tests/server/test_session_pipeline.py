@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import msgspec
@@ -20,13 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from samizdat.protocol import frames as f
-from samizdat.server.bus.local import LocalBus
-from samizdat.server.identity import endpoint_url, load_or_create_identity
-from samizdat.server.ratelimit import KeyedBuckets, RateLimits
-from samizdat.server.session import ConsumerRegistry, Session, SessionDeps
+from samizdat.server.session import Session
 from samizdat.server.store.sqlite import SqliteStore
 
-from .helpers import User
+from .helpers import memory_deps, registered_session
 
 #: What the client sends, one per frame.
 _ACTIONS = st.lists(
@@ -36,53 +32,12 @@ _ACTIONS = st.lists(
 )
 
 
-def _deps(store: SqliteStore, tmp: Path, max_mailbox: int) -> SessionDeps:
-    identity = load_or_create_identity(tmp / "id", ["127.0.0.1"])
-    return SessionDeps(
-        store=store,
-        bus=LocalBus(),
-        server_key=identity.server_key,
-        descriptor=identity.descriptor([endpoint_url("127.0.0.1", 1)], int(time.time() * 1000)),
-        limits=f.Limits(max_mailbox_entries=max_mailbox),
-        rate_limits=RateLimits(),
-        consumers=ConsumerRegistry(),
-        token_buckets=KeyedBuckets(1000, 1000, 100),
-        monotonic=time.monotonic,
-        now_ms=lambda: int(time.time() * 1000),
-        random_bytes=os.urandom,
-    )
-
-
-async def _registered(deps: SessionDeps) -> tuple[Session, User, bytes]:
-    session = Session(deps)
-    await session.receive_bytes(f.encode(f.Hello(versions=[1])))
-    welcome = await session.next_frame()
-    assert isinstance(welcome, f.Welcome)
-    user = User.generate()
-    device = user.devices[0]
-    await session.receive_bytes(
-        f.encode(
-            f.Register(
-                rid=1,
-                device=device.keys,
-                devices=user.signed_list(),
-                proof=device.proof(deps.server_key, welcome.nonce),
-            )
-        )
-    )
-    assert isinstance(await session.next_frame(), f.AuthOk)
-    token = os.urandom(32)
-    await session.receive_bytes(f.encode(f.AddToken(rid=2, token=token)))
-    assert isinstance(await session.next_frame(), f.Ok)
-    return session, user, token
-
-
 async def _drive(tmp: Path, actions: list[str], max_mailbox: int) -> None:
     store = SqliteStore(tmp / "db", max_mailbox_entries=max_mailbox)
     await store.open()
     try:
-        deps = _deps(store, tmp, max_mailbox)
-        owner, user, token = await _registered(deps)
+        deps = memory_deps(store, tmp, limits=f.Limits(max_mailbox_entries=max_mailbox))
+        owner, user, token = await registered_session(deps)
         target = user.devices[0].device_id
         sender = Session(deps)
         await sender.receive_bytes(f.encode(f.Hello(versions=[1])))
@@ -161,8 +116,8 @@ async def test_a_pipelining_connection_shares_commits(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db")
     await store.open()
     try:
-        deps = _deps(store, tmp_path, 1000)
-        owner, user, token = await _registered(deps)
+        deps = memory_deps(store, tmp_path, limits=f.Limits(max_mailbox_entries=1000))
+        owner, user, token = await registered_session(deps)
         target = user.devices[0].device_id
         commits = store.commits
         for rid in range(100, 116):
