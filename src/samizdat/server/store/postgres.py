@@ -386,12 +386,26 @@ class PostgresStore:
 
     async def _tx(self, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
         """Run ``fn`` in one transaction; retry on deadlocks and lost races."""
+        return await self._attempt(fn, transaction=True)
+
+    async def _statement(self, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+        """One statement as its own transaction (no BEGIN/COMMIT round trips); retried on
+        deadlocks and lost races like :meth:`_tx`."""
+        return await self._attempt(fn, transaction=False)
+
+    async def _attempt(self, fn: Callable[[Conn], Awaitable[_T]], *, transaction: bool) -> _T:
         if self._pool is None:
             raise LocalError("store is not open")
         for attempt in range(_RETRIES):
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    return await fn(conn)
+                async with self._pool.acquire() as conn:
+                    if not transaction:
+                        return await fn(conn)
+                    async with conn.transaction():
+                        return await fn(conn)
+            except asyncpg.exceptions.DivisionByZeroError:
+                # Only the batch deposit divides by zero, on purpose: a mailbox over quota.
+                raise _QuotaInBatch from None
             except _RETRYABLE:
                 if attempt == _RETRIES - 1:
                     _log.error("store transaction kept conflicting")
@@ -814,27 +828,6 @@ class PostgresStore:
             DepositResult(stored=stored[k], duplicates=len(p.items) - stored[k], news=news[k])
             for k, p in enumerate(batch)
         ]
-
-    async def _statement(self, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
-        """One statement as its own transaction (no BEGIN/COMMIT round trips); retried on
-        deadlocks and lost races like :meth:`_tx`."""
-        if self._pool is None:
-            raise LocalError("store is not open")
-        for attempt in range(_RETRIES):
-            try:
-                async with self._pool.acquire() as conn:
-                    return await fn(conn)
-            except asyncpg.exceptions.DivisionByZeroError:
-                raise _QuotaInBatch from None
-            except _RETRYABLE:
-                if attempt == _RETRIES - 1:
-                    _log.error("store statement kept conflicting")
-                    raise LocalError("store transaction failed") from None
-                await asyncio.sleep(0.001 * (attempt + 1))
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                _log.error("store statement failed: %s", type(exc).__name__)
-                raise LocalError("store transaction failed") from None
-        raise LocalError("unreachable")  # pragma: no cover
 
     async def _deposit_alone(self, pending: _Pending) -> None:
         try:
