@@ -14,9 +14,10 @@ hears of their writes over the Redis bus and forgets just the key a write change
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final, Generic, TypeVar
 
-__all__ = ["ReadCache"]
+__all__ = ["ReadCache", "Targets", "memoised_targets"]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -51,3 +52,25 @@ class ReadCache(Generic[_K, _V]):
         """Forget one answer; like :meth:`invalidate`, no read in flight is memoised."""
         self.generation += 1
         self._data.pop(key, None)
+
+
+#: token hash -> (user key, that user's device ids): what a fan-out needs per target.
+Targets = dict[bytes, tuple[bytes, frozenset[bytes]]]
+
+
+def memoised_targets(
+    token_hashes: Sequence[bytes],
+    token_users: ReadCache[bytes, bytes],
+    user_devices: ReadCache[bytes, frozenset[bytes]],
+) -> tuple[Targets, list[bytes]]:
+    """The fan-out targets both memos answer, and the token hashes left to read."""
+    found: Targets = {}
+    missing: list[bytes] = []
+    for token_hash in token_hashes:
+        user_key = token_users.get(token_hash)
+        devices = None if user_key is None else user_devices.get(user_key)
+        if user_key is not None and devices is not None:
+            found[token_hash] = (user_key, devices)
+        else:
+            missing.append(token_hash)
+    return found, missing

@@ -49,7 +49,7 @@ from samizdat.server.store.base import (
     RegisteredDevice,
     shared_bodies,
 )
-from samizdat.server.store.cache import ReadCache
+from samizdat.server.store.cache import ReadCache, memoised_targets
 from samizdat.server.store.migrations import Migration
 from samizdat.server.store.pg_migrations import PG_MIGRATIONS
 
@@ -638,15 +638,10 @@ class PostgresStore:
         # Memoised answers first (when the cache is live); the rest in one statement.
         usable = self._cache_usable()
         token_users, user_devices = self._token_users, self._user_devices
-        found: dict[bytes, tuple[bytes, frozenset[bytes]]] = {}
-        missing: list[bytes] = []
-        for token_hash in token_hashes:
-            user_key = token_users.get(token_hash) if usable else None
-            devices = None if user_key is None else user_devices.get(user_key)
-            if user_key is not None and devices is not None:
-                found[token_hash] = (user_key, devices)
-            else:
-                missing.append(token_hash)
+        if usable:
+            found, missing = memoised_targets(token_hashes, token_users, user_devices)
+        else:
+            found, missing = {}, list(token_hashes)
         if not missing:
             return found
         generations = (token_users.generation, user_devices.generation)

@@ -43,7 +43,7 @@ from samizdat.server.store.base import (
     RegisteredDevice,
     shared_bodies,
 )
-from samizdat.server.store.cache import ReadCache
+from samizdat.server.store.cache import ReadCache, memoised_targets
 from samizdat.server.store.migrations import MIGRATIONS, SCHEMA_VERSION_TABLE, Migration
 from samizdat.server.store.recent import RecentEntries
 
@@ -550,16 +550,8 @@ class SqliteStore:
         self, token_hashes: Sequence[bytes]
     ) -> dict[bytes, tuple[bytes, frozenset[bytes]]]:
         # Memoised answers first; whatever is missing is read in one reader job.
-        found: dict[bytes, tuple[bytes, frozenset[bytes]]] = {}
-        missing: list[bytes] = []
         token_users, user_devices = self._token_users, self._user_devices
-        for token_hash in token_hashes:
-            user_key = token_users.get(token_hash)
-            devices = None if user_key is None else user_devices.get(user_key)
-            if user_key is not None and devices is not None:
-                found[token_hash] = (user_key, devices)
-            else:
-                missing.append(token_hash)
+        found, missing = memoised_targets(token_hashes, token_users, user_devices)
         if not missing:
             return found
         generations = (token_users.generation, user_devices.generation)
