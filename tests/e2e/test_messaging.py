@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -20,21 +21,30 @@ async def _collect(client: Client, count: int, wait: float = 30.0) -> list[Recei
     return got
 
 
-@pytest.fixture
-async def pair(tmp_path: Path, server: ServerProcess) -> AsyncIterator[tuple[Client, Client]]:
-    """Alice and Bob, contacts of each other: Bob added Alice's invite and wrote first."""
-    alice = await Client.create(tmp_path / "alice", PASSPHRASE, server.link, "alice")
-    bob = await Client.create(tmp_path / "bob", PASSPHRASE, server.link, "bob")
+@asynccontextmanager
+async def _contacts(
+    tmp_path: Path, server: ServerProcess, first: str, second: str
+) -> AsyncIterator[tuple[Client, Client]]:
+    """Two people, contacts of each other: the second added the first's invite and wrote first."""
+    alice = await Client.create(tmp_path / "alice", PASSPHRASE, server.link, first)
+    bob = await Client.create(tmp_path / "bob", PASSPHRASE, server.link, second)
     try:
-        await bob.add_contact(await alice.invite(), "alice")
-        await bob.send("alice", "hello alice")
-        first = await _collect(alice, 1)
-        assert [(m.sender, m.text, m.request) for m in first] == [("bob", "hello alice", True)]
-        await alice.accept("bob")
+        await bob.add_contact(await alice.invite(), first)
+        await bob.send(first, f"hello {first}")
+        got = await _collect(alice, 1)
+        assert [(m.sender, m.text, m.request) for m in got] == [(second, f"hello {first}", True)]
+        await alice.accept(second)
         yield alice, bob
     finally:
         await alice.close()
         await bob.close()
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, server: ServerProcess) -> AsyncIterator[tuple[Client, Client]]:
+    """Alice and Bob, contacts of each other: Bob added Alice's invite and wrote first."""
+    async with _contacts(tmp_path, server, "alice", "bob") as clients:
+        yield clients
 
 
 async def test_hundred_messages_each_way_exactly_once_in_order(
@@ -88,20 +98,23 @@ async def test_acknowledged_deposits_survive_sigkill(
 
 
 async def test_no_plaintext_on_server_or_clients_disk(
-    pair: tuple[Client, Client], server: ServerProcess, tmp_path: Path
+    server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice, bob = pair
-    markers = [f"MARKER-{i}-zebra-quartz" for i in range(10)]
-    for i, marker in enumerate(markers):
-        if i % 2:
-            await alice.send("bob", marker)
-        else:
-            await bob.send("alice", marker)
-    await _collect(bob, 5)
-    await _collect(alice, 5)
-    assert [item.text for item in bob.history("alice")][-10:] == markers
-    needles = [m.encode() for m in markers] + [m.encode("utf-16-le") for m in markers]
-    needles += [b"alice", b"bob"]  # contact names are metadata too
+    # Names long enough that ciphertext and keys cannot contain them by chance: three letters
+    # like "bob" turn up in a few megabytes of random bytes about once in four runs.
+    first, second = "Alice-Quokka-Contact", "Bob-Pangolin-Contact"
+    async with _contacts(tmp_path, server, first, second) as (alice, bob):
+        markers = [f"MARKER-{i}-zebra-quartz" for i in range(10)]
+        for i, marker in enumerate(markers):
+            if i % 2:
+                await alice.send(second, marker)
+            else:
+                await bob.send(first, marker)
+        await _collect(bob, 5)
+        await _collect(alice, 5)
+        assert [item.text for item in bob.history(first)][-10:] == markers
+    texts = markers + [first, second]  # contact names are metadata too
+    needles = [t.encode() for t in texts] + [t.encode("utf-16-le") for t in texts]
     for root in (server.data_dir, server.log_path, tmp_path / "alice", tmp_path / "bob"):
         assert scan_for(root, needles) == [], root
 
