@@ -78,11 +78,19 @@ async def test_actions_while_the_server_is_down_arrive_once_in_order(
     queued = [raw for raw in pair.alice._store.values("outbox")]
     items = sending.pending(pair.alice)
     assert len(items) == 12  # six for bob, six copies for the laptop
-    assert {i.cid for i in items} == {pair.alice._contact_by_name("bob").cid, sending.OWN_LANE}
+    bob_lane = pair.alice._contact_by_name("bob").cid
+    assert {i.cid for i in items} == {bob_lane, sending.OWN_LANE}
+    # Only the message goes to the history once delivered; actions and copies never do.
+    flags = [i.history for i in items if i.cid == bob_lane]
+    assert flags == [False, False, True, False, False, False]
+    assert not any(i.history for i in items if i.cid == sending.OWN_LANE)
+    rows_before = len(pair.alice.history("bob"))
 
     server.start()
     await _resend(pair.alice)
     assert sending.pending(pair.alice) == []
+    added = pair.alice.history("bob")[rows_before:]
+    assert [(h.direction, h.text) for h in added] == [("out", "a message between")]
     got = await drain(pair.bob)
     assert [m.text for m in got] == ["a message between"]
     await drain(pair.laptop)

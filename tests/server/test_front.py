@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
 from samizdat.protocol import frames as f
 from samizdat.protocol import limits
 from samizdat.protocol.descriptor import open_descriptor
 from samizdat.server import front
 from samizdat.server.app import RunningServer, ServerConfig, start
-from samizdat.server.front import WS_MAX_SIZE, is_ws_upgrade
+from samizdat.server.front import WS_MAX_SIZE, frame_messages, is_ws_upgrade
 
 from .helpers import FrameClient, client_ssl_context
 from .test_session import env, recv_deliveries, setup_user
@@ -216,4 +220,136 @@ async def test_a_subscriber_that_does_not_read_is_held_back_then_gets_everything
             assert all(e.body == big for e in entries)
             assert not session._outbox._paused
     finally:
+        await running.stop()
+
+
+@given(st.lists(st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 70000]) | st.integers(0, 300)))
+def test_frame_messages_frames_as_rfc_6455_says(sizes: list[int]) -> None:
+    messages = [bytes([n % 251]) * n for n in sizes]
+    expected = b"".join(Frame(Opcode.BINARY, m).serialize(mask=False) for m in messages)
+    assert frame_messages(messages) == expected
+
+
+class _RecordWire:
+    """A TLS client on a plain TCP stream that feeds the server's TLS records to its
+    ``SSLObject`` one at a time: :meth:`record` is the plaintext of one record, so a test
+    sees how the server cut what it wrote (each transport write is its own record)."""
+
+    def __init__(self, running: RunningServer) -> None:
+        self._running = running
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        context = client_ssl_context(open_descriptor(running.descriptor, 0))
+        self._tls = context.wrap_bio(self._incoming, self._outgoing)
+        self._raw = b""
+
+    async def open(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._running.port)
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._push()
+                self._incoming.write(await self._next_record())
+        self.send(UPGRADE + b"\r\n\r\n")
+        assert (await self.record()).startswith(b"HTTP/1.1 101 ")
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def send(self, data: bytes) -> None:
+        self._tls.write(data)
+        self._push()
+
+    def send_frames(self, frames: list[f.ClientFrame]) -> None:
+        """Client frames as masked WebSocket messages, in one TLS record."""
+        self.send(b"".join(Frame(Opcode.BINARY, f.encode(x)).serialize(mask=True) for x in frames))
+
+    async def record(self) -> bytes:
+        """The plaintext of the next record that carries any (TLS 1.3 session tickets do
+        not); b"" at the end of the stream."""
+        while True:
+            try:
+                self._incoming.write(await self._next_record())
+            except asyncio.IncompleteReadError:
+                return b""
+            plain = b""
+            with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                while chunk := self._tls.read(1 << 20):
+                    plain += chunk
+            if plain:
+                return plain
+
+    def _push(self) -> None:
+        if pending := self._outgoing.read():
+            self._writer.write(pending)
+
+    async def _next_record(self) -> bytes:
+        head = await self._reader.readexactly(5)  # type, version, length (RFC 8446 §5.1)
+        return head + await self._reader.readexactly(int.from_bytes(head[3:5], "big"))
+
+
+def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each whole, unmasked frame in ``data``."""
+    frames = []
+    while data:
+        opcode, size, data = data[0] & 0x0F, data[1] & 0x7F, data[2:]
+        if size == 126:
+            size, data = int.from_bytes(data[:2], "big"), data[2:]
+        elif size == 127:
+            size, data = int.from_bytes(data[:8], "big"), data[8:]
+        assert len(data) >= size, "a frame cut across records"
+        frames.append((opcode, data[:size]))
+        data = data[size:]
+    return frames
+
+
+async def test_frames_of_one_turn_go_out_in_one_write_in_order(tmp_path: Path) -> None:
+    running = await start(ServerConfig(data_dir=tmp_path, print_link=False))
+    wire = _RecordWire(running)
+    try:
+        await wire.open()
+        wire.send_frames([f.Hello(versions=[1], client="test")])
+        ((_, welcome),) = _server_frames(await wire.record())
+        assert isinstance(f.decode_server_frame(welcome), f.Welcome)
+        # Pipelined requests the session answers without waiting for anything: their
+        # answers are produced in one turn, so they share one write (one TLS record).
+        rids = list(range(1, front.MAX_PENDING))
+        wire.send_frames([f.Subscribe(rid=rid) for rid in rids])
+        answers = [f.decode_server_frame(p) for _, p in _server_frames(await wire.record())]
+        assert [(a.rid, a.code) for a in answers if isinstance(a, f.Error)] == [
+            (rid, "not_authenticated") for rid in rids
+        ]
+        assert len(answers) == len(rids)
+    finally:
+        wire.close()
+        await running.stop()
+
+
+async def test_frames_of_a_closing_turn_go_out_before_the_close_frame(tmp_path: Path) -> None:
+    running = await start(ServerConfig(data_dir=tmp_path, print_link=False))
+    wire = _RecordWire(running)
+    try:
+        await wire.open()
+        # Before Hello: bad frames are answered, anything else is answered and closes.
+        bad = Frame(Opcode.BINARY, b"\xc1").serialize(mask=True)
+        subscribe = Frame(Opcode.BINARY, f.encode(f.Subscribe(rid=7))).serialize(mask=True)
+        wire.send(bad * 3 + subscribe)
+        records: list[list[tuple[int, bytes]]] = []
+        while not records or records[-1][-1][0] != Opcode.CLOSE:
+            records.append(_server_frames(await asyncio.wait_for(wire.record(), 5)))
+        received = [frame for record in records for frame in record]
+        assert [op for op, _ in received] == [Opcode.BINARY] * 4 + [Opcode.CLOSE]
+        # The answers were written together, before the close frame.
+        assert len(records[0]) == 4
+        errors = [f.decode_server_frame(p) for _, p in received[:4]]
+        assert [(e.rid, e.code) for e in errors if isinstance(e, f.Error)] == [
+            (None, "bad_frame"),
+            (None, "bad_frame"),
+            (None, "bad_frame"),
+            (7, "bad_frame"),
+        ]
+    finally:
+        wire.close()
         await running.stop()

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from samizdat.errors import ErrorCode, ProtocolError
+from samizdat.errors import ErrorCode, LocalError, ProtocolError
 from samizdat.server.store.base import MSG_ID_RETENTION_MS, DepositItem, Store
 from samizdat.server.store.postgres import PostgresStore
 from samizdat.server.store.sqlite import SqliteStore
@@ -409,6 +409,86 @@ async def test_sqlite_group_commit(tmp_path: Path) -> None:
         for dev in devs:
             seqs = [e.seq for e in await store.fetch(dev, 0, 100)]
             assert seqs == list(range(1, 31))
+    finally:
+        await store.close()
+
+
+def _synchronous(conn: sqlite3.Connection) -> int:
+    """The level the batch running this job commits with (1 NORMAL, 2 FULL)."""
+    return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+async def test_sqlite_an_ack_alone_waits_for_the_next_fsync(tmp_path: Path) -> None:
+    """A batch of only acknowledgements commits without its own fsync (synchronous=NORMAL);
+    any batch holding a deposit commits with FULL, its acks included."""
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        dev = os.urandom(16)
+        await store.deposit([item(dev, 1)], NOW_MS)
+        # The store's own write path, with a probe job beside an ack and then a deposit.
+        assert await store._call(_synchronous, durable=False) == 1
+        level, acked = await asyncio.gather(
+            store._call(_synchronous, durable=False), store.ack(dev, 1, NOW_MS)
+        )
+        assert (level, acked) == (1, 1)
+        level, result = await asyncio.gather(
+            store._call(_synchronous, durable=False), store.deposit([item(dev, 2)], NOW_MS)
+        )
+        assert (level, result.stored) == (2, 1)
+        assert await store._call(_synchronous) == 2
+    finally:
+        await store.close()
+    # The acknowledged entry stayed gone across a reopen; the later one is there.
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        assert [e.seq for e in await store.fetch(dev, 0, 9)] == [2]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_failed_commit_fails_its_batch_only(tmp_path: Path) -> None:
+    """A COMMIT that fails (here a deferred constraint) rolls the whole batch back, every
+    job in it gets an error, and the next batch commits as usual."""
+    store = SqliteStore(tmp_path / "c.db")
+    await store.open()
+    try:
+        dev = os.urandom(16)
+
+        def dangling_reference(conn: sqlite3.Connection) -> None:
+            conn.execute("CREATE TABLE IF NOT EXISTS parent (id INTEGER PRIMARY KEY)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS child (id INTEGER REFERENCES parent (id)"
+                " DEFERRABLE INITIALLY DEFERRED)"
+            )
+            conn.execute("INSERT INTO child VALUES (42)")  # checked only at COMMIT
+
+        results = await asyncio.gather(
+            store._call(dangling_reference),
+            store.deposit([item(dev, 1)], NOW_MS),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, LocalError) for r in results), results
+        assert await store.fetch(dev, 0, 9) == []
+        assert (await store.deposit([item(dev, 1)], NOW_MS)).stored == 1
+        assert [e.seq for e in await store.fetch(dev, 0, 9)] == [1]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_close_commits_what_is_queued(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "q.db")
+    await store.open()
+    dev = os.urandom(16)
+    calls = [asyncio.ensure_future(store.deposit([item(dev, i)], NOW_MS)) for i in range(50)]
+    await asyncio.sleep(0)  # the deposits are queued, not yet committed
+    await store.close()
+    assert all(c.done() and c.result().stored == 1 for c in calls)
+    store = SqliteStore(tmp_path / "q.db")
+    await store.open()
+    try:
+        assert len(await store.fetch(dev, 0, 100)) == 50
     finally:
         await store.close()
 

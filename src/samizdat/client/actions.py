@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from samizdat.client import msgstate as ms
-from samizdat.client import verification
 from samizdat.client.connection import now_ms
 from samizdat.client.msgstate import Conv
 from samizdat.client.peers import Peer, peer_from_contact
@@ -193,32 +192,10 @@ async def send_change(client: Client, conv: Conv, action: MessageAction, text: s
             raise NotFound("no such group")
         stats = await groups.send(client, record.name, text, action=action)
         return stats.msg_id
-    contact = client._contact(conv.ident)
-    if contact.state == ContactState.BLOCKED:
-        raise LocalError("this contact is blocked")
-    # A verified contact whose key changed gets nothing, reactions included, until consent.
-    verification.check_can_send(contact)
     from samizdat.client import sending
 
-    card = None if contact.answered else await client._card_for(contact)
-    msg_id = secrets.token_bytes(16)
-    sent_at = now_ms()
-    payload = Payload(
-        msg_id=msg_id,
-        sent_at=sent_at,
-        kind=PayloadKind.ACTION,
-        text=text,
-        card=card,
-        action=action,
-    )
-    # Applied here and queued (for the contact and our other devices) in one transaction.
-    with client._store.locked():
-        on_sent(client, conv.key, msg_id, sent_at, action, text)
-        peer = peer_from_contact(contact)
-        sending.queue(client, contact.cid, peer, payload, text=text, expires_at=action.expires_at)
-        sending.queue_copy(client, contact.user_key, msg_id, sent_at, text, action)
-    await sending.deliver_queued(client, contact.cid)
-    return msg_id.hex()
+    contact = client._contact(conv.ident)
+    return await sending.send_to_contact(client, contact, PayloadKind.ACTION, text, action)
 
 
 def _target_expiry(client: Client, conv: Conv, target: bytes) -> int | None:

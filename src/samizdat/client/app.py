@@ -500,9 +500,6 @@ class Client:
         """
         return await sending.send(self, name, text, attachment, action)
 
-    async def _card_for(self, contact: Contact) -> ContactCard:
-        return await sending.card_for(self, contact)
-
     async def _flush_outbox(self, cid: bytes | None = None) -> None:
         """Resend what is queued (client/sending.py); with ``cid`` that contact's only."""
         await sending.flush(self, cid)

@@ -129,6 +129,12 @@ class Connection:
             raise ConnectError("the server did not answer in time") from exc
         finally:
             self._pending.pop(rid, None)
+            # The connection can close while the send is under way: the read loop then fails
+            # the future and the send raises. Mark that error seen; the send's is raised.
+            if future.done() and not future.cancelled():
+                future.exception()
+            else:
+                future.cancel()
         if isinstance(reply, frames.Error):
             raise ServerRefused(reply.code, reply.message)
         return reply

@@ -67,6 +67,7 @@ __all__ = [
     "OWN_LANE",
     "PERMANENT",
     "send",
+    "send_to_contact",
     "card_for",
     "queue",
     "queue_copy",
@@ -127,29 +128,21 @@ def queue(
     store.put("outbox", payload.msg_id, rec.encode(item))
 
 
-def queue_copy(
-    client: Client,
-    peer_user_key: bytes,
-    msg_id: bytes,
-    sent_at: int,
-    text: str,
-    action: MessageAction | None = None,
-    attachment: Attachment | None = None,
-) -> None:
-    """Queue what we sent to a contact for our own other devices (call under the lock)."""
+def queue_copy(client: Client, peer_user_key: bytes, payload: Payload) -> None:
+    """Queue ``payload`` as sent to a contact for our own other devices (call under the lock)."""
     own = own_peer(client)
     if own is None or len(decode_device_list(client._identity.devices).devices) < 2:
         return
     copy = SentCopy(
         peer=peer_user_key,
-        msg_id=msg_id,
-        sent_at=sent_at,
-        text=text,
-        action=action,
-        attachment=attachment,
+        msg_id=payload.msg_id,
+        sent_at=payload.sent_at,
+        text=payload.text,
+        action=payload.action,
+        attachment=payload.attachment,
     )
     # A disappearing message's copies disappear from the server at the same time.
-    expires_at = None if action is None else action.expires_at
+    expires_at = None if payload.action is None else payload.action.expires_at
     queue(client, OWN_LANE, own, control_payload(copy), expires_at=expires_at)
 
 
@@ -325,11 +318,38 @@ async def send(
 ) -> str:
     """``Client.send``: queue the message (and its copy for our other devices), deliver."""
     contact = client._contact_by_name(name)
+    return await send_to_contact(client, contact, PayloadKind.TEXT, text, action, attachment)
+
+
+async def send_to_contact(
+    client: Client,
+    contact: Contact,
+    kind: PayloadKind,
+    text: str,
+    action: MessageAction | None = None,
+    attachment: Attachment | None = None,
+) -> str:
+    """Send a message (``TEXT``) or a message action (``ACTION``) to ``contact``.
+
+    The one way a 1:1 payload is built and queued: applied here, queued for the contact's
+    devices and (as ``SentCopy``) for our own other devices in one store transaction, then
+    delivered behind what is older in the contact's lane. A message goes to the history
+    once delivered; an action only changes the message it is about.
+
+    Returns:
+        The new payload's msg_id (hex); it stays queued if delivery failed.
+
+    Raises:
+        LocalError: the contact is blocked, or verified and its key changed since.
+        ConnectError, ServerRefused: not delivered yet (see :func:`flush`).
+    """
     if contact.state == ContactState.BLOCKED:
         raise LocalError("this contact is blocked")
+    # A verified contact whose key changed gets nothing, reactions included, until consent.
     verification.check_can_send(contact)
     conv = msgstate.contact_conv(contact.cid)
-    # A reply, and the expiry the conversation's timer gives (client/actions.py).
+    # A message gets the expiry the conversation's timer gives; a change comes with the
+    # expiry of the message it is about (client/actions.py).
     action = msgstate.stamp(client, conv, action)
     card = None if contact.answered else await card_for(client, contact)
     msg_id = secrets.token_bytes(16)
@@ -337,7 +357,7 @@ async def send(
     payload = Payload(
         msg_id=msg_id,
         sent_at=sent_at,
-        kind=PayloadKind.TEXT,
+        kind=kind,
         text=text,
         card=card,
         attachment=attachment,
@@ -345,19 +365,13 @@ async def send(
     )
     expires_at = None if action is None else action.expires_at
     with client._store.locked():
+        message_actions.on_sent(client, conv.key, msg_id, sent_at, action, text)
         if attachment is not None:
             attachments.remember(client._store, msg_id, attachment)
-        queue(
-            client,
-            contact.cid,
-            peer_from_contact(contact),
-            payload,
-            text=text,
-            history=True,
-            expires_at=expires_at,
-        )
-        queue_copy(client, contact.user_key, msg_id, sent_at, text, action, attachment)
-        message_actions.on_sent(client, conv.key, msg_id, sent_at, action, text)
+        peer = peer_from_contact(contact)
+        history = kind == PayloadKind.TEXT
+        queue(client, contact.cid, peer, payload, text=text, history=history, expires_at=expires_at)
+        queue_copy(client, contact.user_key, payload)
     # Older undelivered items to this contact go first; on failure this one stays queued
     # behind them and the next send (or a resend) delivers them in order.
     await deliver_queued(client, contact.cid)

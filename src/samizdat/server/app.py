@@ -395,9 +395,11 @@ async def start(config: ServerConfig) -> RunningServer:
             raise
         if isinstance(store, PostgresStore):
             # Each node memoises token and device-list lookups; writes invalidate them
-            # on every node through the bus (docs/scaling.md).
+            # on every node through the bus, and a token answered from memory waits for
+            # the bus to catch up first, so a revocation holds on every node at once
+            # (docs/scaling.md).
             redis_bus.carry_invalidations(store)
-            store.share_invalidations(redis_bus.invalidate)
+            store.share_invalidations(redis_bus.invalidate, redis_bus.caught_up)
         bus = redis_bus
     blobs = BlobService(
         make_blob_store(data_dir, config.store_url),

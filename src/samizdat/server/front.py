@@ -11,9 +11,12 @@ served every connection: what a prober sees of non-WebSocket requests does not c
 
 An idle WebSocket connection has no task: a received frame starts one worker coroutine
 that handles the frames pending in order and ends when none are; frames the session
-produces are encoded and written on the transport at once (its outbox's sink). When the
-transport's write buffer fills, the outbox queues and then the handlers wait; when many
-received frames wait for the worker, the connection stops reading.
+produces (its outbox's sink) are encoded at once and written together at the end of the
+event loop's turn: one transport write, so one TLS record and one ``send`` system call,
+for all a connection's frames of a turn (its answers to a pipelined burst, deliveries and
+acknowledgements woken by one group commit), in order. When the transport's write buffer
+fills, the outbox queues and then the handlers wait; when many received frames wait for
+the worker, the connection stops reading.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import base64
 import collections
 import logging
+import struct
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -43,7 +47,14 @@ from samizdat.protocol import frames as f
 from samizdat.protocol import limits
 from samizdat.server.session import Session, SessionDeps
 
-__all__ = ["WS_PATH", "WS_MAX_SIZE", "FrontState", "front_protocol", "WsConnection"]
+__all__ = [
+    "WS_PATH",
+    "WS_MAX_SIZE",
+    "FrontState",
+    "front_protocol",
+    "frame_messages",
+    "WsConnection",
+]
 
 #: The path of the WebSocket endpoint (protocol.md §2).
 WS_PATH: Final = "/v1/ws"
@@ -64,6 +75,11 @@ READ_BUFFER: Final = 1024
 MAX_HEAD: Final = 16 * 1024
 #: Received frames waiting for the worker before the connection stops reading.
 MAX_PENDING: Final = 8
+#: Bytes of outgoing frames held for the end of the turn beyond which they are written at
+#: once: the transport must see them to push back (``pause_writing``) before a handler
+#: that produces many frames in one step (a backlog's deliveries) piles up more. uvloop's
+#: and asyncio's default high-water mark.
+FLUSH_AT: Final = 64 * 1024
 
 _WS_PREFIX: Final = b"GET " + WS_PATH.encode()
 _log = logging.getLogger(__name__)
@@ -281,6 +297,28 @@ def is_ws_upgrade(head: bytes) -> bool:
     return len(key) == 16
 
 
+_HEAD_16: Final = struct.Struct("!BBH")
+_HEAD_64: Final = struct.Struct("!BBQ")
+#: FIN set, opcode binary (RFC 6455 §5.2); a server's frames are not masked (§5.1).
+_FIN_BINARY: Final = 0x82
+
+
+def frame_messages(messages: list[bytes]) -> bytes:
+    """Binary messages as unfragmented, unmasked server frames, one after another
+    (RFC 6455 §5.2: the 7-bit length, or 126 and 16 bits, or 127 and 64 bits)."""
+    parts: list[bytes] = []
+    for message in messages:
+        size = len(message)
+        if size < 126:
+            parts.append(bytes((_FIN_BINARY, size)))
+        elif size < 1 << 16:
+            parts.append(_HEAD_16.pack(_FIN_BINARY, 126, size))
+        else:
+            parts.append(_HEAD_64.pack(_FIN_BINARY, 127, size))
+        parts.append(message)
+    return b"".join(parts)
+
+
 def _listener(front: FrontState, request: WSUpgradeRequest) -> WsConnection:
     return WsConnection(front)
 
@@ -293,6 +331,9 @@ class WsConnection(WSListener):
         self._transport: WSTransport | None = None
         self._session: Session | None = None
         self._pending: collections.deque[bytes | None] | None = None  # made when needed
+        #: Encoded frames of this loop turn not yet written (made when needed).
+        self._out: list[bytes] | None = None
+        self._out_size = 0
         self._worker: asyncio.Task[None] | None = None
         self._parts: list[bytes] | None = None
         self._parts_size = 0
@@ -351,8 +392,7 @@ class WsConnection(WSListener):
                 self._parts = None
                 self._received(None if self._parts_text else b"".join(parts))
         elif kind == WSMsgType.CLOSE:
-            transport.send_close(WSCloseCode.OK)
-            transport.disconnect()
+            self._close(WSCloseCode.OK)
         # Pings are answered by picows; unsolicited pongs are ignored.
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -361,6 +401,7 @@ class WsConnection(WSListener):
             return
         self._session = None
         self._transport = None
+        self._out = None  # nowhere to write them
         self._front.live.discard(self)
         _log.debug("WebSocket connection closed")
         task = asyncio.get_running_loop().create_task(self._closed(session, self._worker))
@@ -386,13 +427,12 @@ class WsConnection(WSListener):
                 transport.disconnect(False)
         elif now - self._seen >= PING_IDLE:
             self._pinged = now
+            self._flush()
             transport.send_ping()
 
     # uvicorn's graceful shutdown calls this on every connection it knows.
     def shutdown(self) -> None:
-        if self._transport is not None:
-            self._transport.send_close(WSCloseCode.SERVICE_RESTART)
-            self._transport.disconnect()
+        self._close(WSCloseCode.SERVICE_RESTART)
 
     # -- in and out ---------------------------------------------------------------------
 
@@ -427,26 +467,55 @@ class WsConnection(WSListener):
         except Exception as exc:
             if not isinstance(exc, (OSError, RuntimeError)):
                 _log.error("connection failed: %s", type(exc).__name__)
-            if self._transport is not None:
-                self._transport.disconnect()
+            self._close(None)
         finally:
             self._worker = None
 
     def _send(self, frame: f.ServerFrame | None) -> None:
-        """The session's sink: send ``frame`` now (``None``: close the connection)."""
+        """The session's sink: send ``frame`` at the end of this loop turn, with the
+        connection's other frames of the turn (``None``: close the connection after them).
+        """
+        if self._transport is None:
+            return
+        if frame is None:
+            self._close(WSCloseCode.OK)
+            return
+        data = f.encode(frame)
+        out = self._out
+        if out is None:
+            out = self._out = []
+            self._out_size = 0
+            asyncio.get_running_loop().call_soon(self._flush)
+        out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the frames held for this turn in one transport write."""
+        out, self._out = self._out, None
+        transport = self._transport
+        if out is None or transport is None:
+            return
+        if len(out) == 1:
+            # picows frames it in C (and drops it after our close frame).
+            transport.send(WSMsgType.BINARY, out[0])
+        elif not (transport.is_close_frame_sent or transport.is_disconnected):
+            transport.underlying_transport.write(frame_messages(out))
+
+    def _close(self, code: WSCloseCode | None) -> None:
+        """Write what this turn produced, then the close frame (``None``: none), then
+        close the transport once its buffer is written."""
         transport = self._transport
         if transport is None:
             return
-        if frame is None:
-            transport.send_close(WSCloseCode.OK)
-            transport.disconnect()
-        else:
-            transport.send(WSMsgType.BINARY, f.encode(frame))
+        self._flush()
+        if code is not None:
+            transport.send_close(code)
+        transport.disconnect()
 
     def _fail(self, code: WSCloseCode) -> None:
-        if self._transport is not None:
-            self._transport.send_close(code)
-            self._transport.disconnect()
+        self._close(code)
 
     async def _closed(self, session: Session, worker: asyncio.Task[None] | None) -> None:
         self._pending = None

@@ -17,7 +17,10 @@ One more channel, ``samizdat:cache``, carries cache invalidations between nodes'
 (:meth:`RedisBus.carry_invalidations`): ``i``, the node id, then the key a write changed
 (a token hash or a user key, with a kind byte). The writer publishes after its commit and
 before it answers; a node that may have missed one (connection lost) empties its cache and
-memoises nothing until Redis confirms its subscription again.
+memoises nothing until Redis confirms its subscription again. :meth:`RedisBus.caught_up`
+is the reader's side of that order: a PING on the subscribed connection, whose PONG comes
+back after every message Redis published before it, so a memoised answer checked after it
+has seen every invalidation committed before the lookup began.
 
 Redis never holds the only copy of anything: a lost message delays a wake-up until the
 next one, and after the connection to Redis is lost every local subscriber is woken
@@ -56,6 +59,9 @@ _NEWS: Final = b"n"
 _CLAIM: Final = b"c"
 _RECONNECT_DELAY: Final = 0.5
 _MAX_PUBLISH_BATCH: Final = 256
+#: The PING payload of :meth:`RedisBus.caught_up`, then a number: each PONG answers
+#: exactly its PING (redis-py's health checks PING too).
+_BARRIER: Final = b"samizdat:caught-up:"
 
 
 class InvalidatedCache(Protocol):
@@ -135,6 +141,13 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._outgoing: asyncio.Queue[tuple[bytes, bytes] | None] = asyncio.Queue()
         self._cache: InvalidatedCache | None = None
+        # At most one barrier PING in flight (its payload and waiters; new callers join it
+        # until the writer has sent it), and the waiters for the next one.
+        self._barrier: tuple[bytes, asyncio.Future[bool]] | None = None
+        self._barrier_unsent = False
+        self._next_barrier: asyncio.Future[bool] | None = None
+        #: Barrier PINGs sent so far: for tests and benches.
+        self.barriers_sent = 0
 
     def __repr__(self) -> str:
         return f"RedisBus(devices={len(self._subscribers)})"
@@ -170,6 +183,7 @@ class RedisBus:
             for future in waiting:
                 future.cancel()
         self._pending.clear()
+        self._end_barriers()
         self._subscribers.clear()
         if self._pubsub is not None:
             await self._pubsub.aclose()
@@ -219,6 +233,53 @@ class RedisBus:
             # the answer within the cache's maximum age.
             _log.warning("bus invalidation failed: %s", type(exc).__name__)
 
+    async def caught_up(self) -> bool:
+        """Until this node has handled every message Redis published before the call
+        (True), or False if that cannot be known (no connection, or it was lost meanwhile).
+
+        Batched like the store's group commit: one PING in flight; callers that arrive
+        before it is written share it, later ones share the next, sent when its PONG is
+        back. So a busy node sends at most one per round trip to Redis.
+        """
+        if not self._tasks:
+            return False
+        if self._barrier is not None and self._barrier_unsent:
+            future = self._barrier[1]
+        else:
+            if self._next_barrier is None:
+                self._next_barrier = asyncio.get_running_loop().create_future()
+            future = self._next_barrier
+            if self._barrier is None:
+                self._send_barrier()
+        return await asyncio.shield(future)
+
+    def _send_barrier(self) -> None:
+        future, self._next_barrier = self._next_barrier, None
+        if future is None:
+            return
+        self.barriers_sent += 1
+        payload = _BARRIER + b"%d" % self.barriers_sent
+        self._barrier = (payload, future)
+        self._barrier_unsent = True
+        self._commands.put_nowait(("ping", payload))
+
+    def _end_barrier(self, payload: bytes, reached: bool) -> None:
+        """The PONG for ``payload`` (or its failure); a stale one is ignored."""
+        if self._barrier is None or self._barrier[0] != payload:
+            return
+        future = self._barrier[1]
+        self._barrier = None
+        if not future.done():
+            future.set_result(reached)
+        self._send_barrier()
+
+    def _end_barriers(self) -> None:
+        """A lost connection: no PONG will come for the PING in flight."""
+        for waiting in (self._barrier[1] if self._barrier else None, self._next_barrier):
+            if waiting is not None and not waiting.done():
+                waiting.set_result(False)
+        self._barrier = self._next_barrier = None
+
     # -- internals ----------------------------------------------------------------------
 
     def _send(self, command: str, device_id: bytes) -> None:
@@ -263,7 +324,17 @@ class RedisBus:
         while (next_command := await self._commands.get()) is not None:
             command, channel = next_command
             try:
-                if command == "subscribe":
+                if command == "ping":
+                    # Sent from here, in order with (un)subscribes; later callers need a
+                    # PING sent after they began, so they no longer join this one.
+                    if self._barrier is not None and self._barrier[0] == channel:
+                        self._barrier_unsent = False
+                    try:
+                        await self._pubsub.ping(channel)
+                    except (RedisError, OSError):
+                        self._end_barrier(channel, False)
+                        raise
+                elif command == "subscribe":
                     await self._pubsub.subscribe(channel)
                 else:
                     await self._pubsub.unsubscribe(channel)
@@ -304,6 +375,7 @@ class RedisBus:
                 _log.warning("bus connection lost: %s", type(exc).__name__)
                 if self._cache is not None:
                     self._cache.cache_live(False)  # invalidations may be lost meanwhile
+                self._end_barriers()
                 await asyncio.sleep(_RECONNECT_DELAY)
                 # Wake-ups may have been lost meanwhile: everyone re-fetches.
                 for subscribers in list(self._subscribers.values()):
@@ -312,6 +384,9 @@ class RedisBus:
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
+        if kind == "pong":
+            self._end_barrier(bytes(message["data"]), True)
+            return
         if channel == _CACHE_CHANNEL:
             self._handle_cache(kind, message["data"])
             return

@@ -16,7 +16,12 @@ both). Differences that come from several nodes writing at once:
   Redis bus); without that every lookup reads the database.
 * The ``mailboxes`` row is the per-mailbox lock: a deposit increments ``last_seq`` with
   ``INSERT .. ON CONFLICT DO UPDATE .. RETURNING``, so concurrent deposits on any node
-  get distinct, increasing seqs. Items are locked in device order to avoid deadlocks.
+  get distinct, increasing seqs.
+* One lock order, so nothing deadlocks: mailbox rows in device-id order, then the entries
+  of those mailboxes, then ``bodies`` rows in id order (the release trigger). A
+  transaction deletes a device's entries only while it holds that device's mailbox row
+  (deposits, acks, the TTL sweeps, a device list dropping a device); no transaction
+  locks a mailbox row after a body row.
 * ``claim_key`` uses ``FOR UPDATE SKIP LOCKED`` so concurrent claims never hand out the
   same key; per-user and per-device limits take a transaction-scoped advisory lock.
 * A deadlock or serialization failure is retried a few times; any other database or
@@ -135,26 +140,56 @@ FROM ranked r JOIN box b ON b.device_id = r.device_id
 """
 
 #: The acks of many devices (each at most once) in one statement: $1 devices, $2 up_to
-#: each, $3 forget msg_ids older than this. The mailbox counters are updated through an
-#: upsert in device order, the lock order of deposits (the row always exists: it was
-#: made with the entries). Returns (device, entries deleted) for each device.
+#: each, $3 forget msg_ids older than this. Locks as every statement that deletes entries
+#: does (module docstring): first the mailbox rows, in device order (``locked``, run whole
+#: before the delete: an uncorrelated subquery in its WHERE is a one-time filter, evaluated
+#: before the first row is read), then the entries, then (the release trigger, at the end
+#: of the statement) the bodies in id order. Returns (device, entries deleted) for each.
 _ACK_BATCH: Final = """
 WITH input AS (
     SELECT * FROM unnest($1::BYTEA[], $2::BIGINT[]) AS t (device_id, up_to)
+), locked AS (
+    SELECT device_id FROM mailboxes WHERE device_id = ANY($1::BYTEA[])
+    ORDER BY device_id FOR UPDATE
 ), gone AS (
     DELETE FROM mailbox_entries e USING input i
     WHERE e.device_id = i.device_id AND e.seq <= i.up_to
+        AND (SELECT count(*) FROM locked) >= 0
     RETURNING e.device_id
 ), counts AS (
     SELECT device_id, count(*) AS n FROM gone GROUP BY device_id
 ), box AS (
-    INSERT INTO mailboxes SELECT device_id, 0, n FROM counts ORDER BY device_id
-    ON CONFLICT (device_id) DO UPDATE SET size = mailboxes.size - excluded.size
+    UPDATE mailboxes m SET size = m.size - c.n FROM counts c WHERE m.device_id = c.device_id
 ), old AS (
     DELETE FROM msg_ids o USING input i WHERE o.device_id = i.device_id AND o.at < $3
 )
 SELECT i.device_id, coalesce(c.n, 0) FROM input i LEFT JOIN counts c ON c.device_id = i.device_id
 """
+
+#: The TTL sweeps, in the same lock order as acks: $1 the devices that have entries to
+#: drop (read first, without locks), then the mailbox rows of those devices are locked in
+#: device order before any entry is deleted; the entry rows of a device are deleted only
+#: under its mailbox lock, so sweeps, acks and deposits wait on mailboxes alone, always in
+#: device order, and on bodies (the trigger) only after that, in id order. An entry of a
+#: device not in $1 (deposited meanwhile) waits for the next sweep.
+_SWEEP: Final = """
+WITH locked AS (
+    SELECT device_id FROM mailboxes WHERE device_id = ANY($1::BYTEA[])
+    ORDER BY device_id FOR UPDATE
+), gone AS (
+    DELETE FROM mailbox_entries e
+    WHERE e.device_id = ANY($1::BYTEA[]) AND {condition}
+        AND (SELECT count(*) FROM locked) >= 0
+    RETURNING e.device_id
+), counts AS (
+    SELECT device_id, count(*) AS n FROM gone GROUP BY device_id
+), box AS (
+    UPDATE mailboxes m SET size = m.size - c.n FROM counts c WHERE m.device_id = c.device_id
+)
+SELECT coalesce(sum(n), 0) FROM counts
+"""
+_EXPIRE: Final = _SWEEP.format(condition="e.received_at < $2")
+_EXPIRE_TIMED: Final = _SWEEP.format(condition="e.expires_at <= $2")
 
 #: Batches a node has in the database at once. One: a connection pipelines deposits
 #: (session.py), and two batches in flight could lock a mailbox row in either order, so
@@ -170,6 +205,9 @@ _TOKEN_KEY: Final = b"t"
 _USER_KEY: Final = b"u"
 
 Announce = Callable[[bytes], Awaitable[None]]
+#: Until this node has heard every invalidation published before the call (True), or
+#: False if it cannot tell (``RedisBus.caught_up``).
+Barrier = Callable[[], Awaitable[bool]]
 
 
 @dataclass
@@ -296,11 +334,15 @@ class PostgresStore:
         self._closing = False
         #: Batches written so far (each one statement, one commit): for tests and benches.
         self.deposit_batches = 0
+        #: Transactions retried, by the error's class name (``DeadlockDetectedError``, …):
+        #: a deadlock here means two statements took their locks in different orders.
+        self.retried: Counter[str] = Counter()
         # Memos of the two lookups every deposit makes; used only while ``_announce`` is
         # set and the node hears other nodes' invalidations (``cache_live``).
         self._token_users: ReadCache[bytes, bytes] = ReadCache()
         self._user_devices: ReadCache[bytes, frozenset[bytes]] = ReadCache()
         self._announce: Announce | None = None
+        self._barrier: Barrier | None = None
         self._cache_live = False
         self._cache_since = 0.0
 
@@ -338,15 +380,23 @@ class PostgresStore:
 
     # -- the per-node cache and its invalidation ------------------------------------------
 
-    def share_invalidations(self, announce: Announce) -> None:
+    def share_invalidations(self, announce: Announce, barrier: Barrier | None = None) -> None:
         """Memoise token and device-list lookups from now on, telling other nodes of every
         write through ``announce`` (awaited after the commit, before the write returns).
 
         The caller (the Redis bus) must call :meth:`cache_live` with True once it hears
         other nodes' invalidations, :meth:`invalidated` for each, and
-        :meth:`cache_live` with False whenever it may have missed some.
+        :meth:`cache_live` with False whenever it may have missed some. With ``barrier``
+        a memoised token answer is used only after it (and re-read then): a revocation
+        that another node published before this lookup began has been heard, however
+        busy this node's loop; without it, one that is readable but not yet handled is
+        missed (docs/scaling.md, "one loop turn"). Device lists keep that window.
         """
         self._announce = announce
+        self._barrier = barrier
+
+    async def _caught_up(self) -> bool:
+        return self._barrier is None or await self._barrier()
 
     def cache_live(self, live: bool) -> None:
         self._drop_cache()
@@ -406,7 +456,8 @@ class PostgresStore:
             except asyncpg.exceptions.DivisionByZeroError:
                 # Only the batch deposit divides by zero, on purpose: a mailbox over quota.
                 raise _QuotaInBatch from None
-            except _RETRYABLE:
+            except _RETRYABLE as exc:
+                self.retried[type(exc).__name__] += 1
                 if attempt == _RETRIES - 1:
                     _log.error("store transaction kept conflicting")
                     raise LocalError("store transaction failed") from None
@@ -513,6 +564,9 @@ class PostgresStore:
 
     async def user_devices(self, user_key: bytes) -> frozenset[bytes]:
         cache = self._user_devices if self._cache_usable() else None
+        # No barrier here (unlike tokens): a list one loop turn stale refuses a deposit to a
+        # just-added device (the client retries) or stores one for a device being dropped,
+        # and a deposit asks this right after its token, so it would wait twice.
         if cache is not None and (cached := cache.get(user_key)) is not None:
             return cached
         generation = self._user_devices.generation
@@ -616,8 +670,10 @@ class PostgresStore:
 
     async def user_for_token(self, token_hash: bytes) -> bytes | None:
         cache = self._token_users if self._cache_usable() else None
-        if cache is not None and (cached := cache.get(token_hash)) is not None:
-            return cached
+        if cache is not None and cache.get(token_hash) is not None and await self._caught_up():
+            # Read again: an invalidation heard meanwhile has forgotten it.
+            if (cached := cache.get(token_hash)) is not None:
+                return cached
         generation = self._token_users.generation
 
         async def run(conn: Conn) -> bytes | None:
@@ -640,6 +696,12 @@ class PostgresStore:
         token_users, user_devices = self._token_users, self._user_devices
         if usable:
             found, missing = memoised_targets(token_hashes, token_users, user_devices)
+            if found and self._barrier is not None:
+                if await self._barrier():
+                    # Again after the barrier: invalidations heard meanwhile forgot keys.
+                    found, missing = memoised_targets(token_hashes, token_users, user_devices)
+                else:
+                    found, missing = {}, list(token_hashes)
         else:
             found, missing = {}, list(token_hashes)
         if not missing:
@@ -891,38 +953,28 @@ class PostgresStore:
         return await future
 
     async def expire(self, before_ms: int) -> int:
-        async def run(conn: Conn) -> int:
-            rows = await conn.fetch(
-                "DELETE FROM mailbox_entries WHERE received_at < $1 RETURNING device_id",
-                before_ms,
-            )
-            counts = Counter(bytes(row[0]) for row in rows)
-            # Sorted, as deposits lock mailboxes, so the two cannot deadlock.
-            for device_id in sorted(counts):
-                await conn.execute(
-                    "UPDATE mailboxes SET size = size - $1 WHERE device_id = $2",
-                    counts[device_id],
-                    device_id,
-                )
-            return len(rows)
-
-        return await self._tx(run)
+        return await self._sweep(
+            "SELECT DISTINCT device_id FROM mailbox_entries WHERE received_at < $1",
+            _EXPIRE,
+            before_ms,
+        )
 
     async def expire_timed(self, now_ms: int) -> int:
-        async def run(conn: Conn) -> int:
-            rows = await conn.fetch(
-                "DELETE FROM mailbox_entries WHERE expires_at <= $1 RETURNING device_id", now_ms
-            )
-            counts = Counter(bytes(row[0]) for row in rows)
-            for device_id in sorted(counts):
-                await conn.execute(
-                    "UPDATE mailboxes SET size = size - $1 WHERE device_id = $2",
-                    counts[device_id],
-                    device_id,
-                )
-            return len(rows)
+        return await self._sweep(
+            "SELECT DISTINCT device_id FROM mailbox_entries WHERE expires_at <= $1",
+            _EXPIRE_TIMED,
+            now_ms,
+        )
 
-        return await self._tx(run)
+    async def _sweep(self, find: str, delete: str, bound_ms: int) -> int:
+        async def run(conn: Conn) -> int:
+            # Which mailboxes to lock is read first: the delete may lock only those.
+            devices = [bytes(row[0]) for row in await conn.fetch(find, bound_ms)]
+            if not devices:
+                return 0
+            return int(await conn.fetchval(delete, devices, bound_ms))
+
+        return await self._statement(run)
 
     async def mailbox_size(self, device_id: bytes) -> int:
         async def run(conn: Conn) -> int:
@@ -984,5 +1036,6 @@ async def _forget_unlisted(conn: Conn, user_key: bytes, listed: set[bytes]) -> N
         await conn.execute("DELETE FROM devices WHERE device_id = $1", device_id)
         await conn.execute("DELETE FROM one_time_keys WHERE device_id = $1", device_id)
         # Entries nobody can consume any more go; the seq counter stays (never reused).
-        await conn.execute("DELETE FROM mailbox_entries WHERE device_id = $1", device_id)
+        # The mailbox row first: the lock order of every delete of entries (_ACK_BATCH).
         await conn.execute("UPDATE mailboxes SET size = 0 WHERE device_id = $1", device_id)
+        await conn.execute("DELETE FROM mailbox_entries WHERE device_id = $1", device_id)
