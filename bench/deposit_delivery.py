@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,24 @@ from rawclient import (  # noqa: E402
     RawConn,
     Recipient,
     Server,
-    enable_pinning,
     open_conn,
     register_many,
     run,
+    serving,
     subscribe,
 )
+from rawclient import start_server as _start_server  # noqa: E402
 from samizdat.protocol import frames as f  # noqa: E402
 
-__all__ = ["BODY_SIZE", "Recipient", "_receiver_process", "_sender_process", "_setup"]
+# _start_server: peers/compare.py and groups.py start their server through this name.
+__all__ = [
+    "BODY_SIZE",
+    "Recipient",
+    "_receiver_process",
+    "_sender_process",
+    "_setup",
+    "_start_server",
+]
 
 BODY_SIZE = 1024  # one padding bucket: what a short text message occupies
 _STAMP = struct.Struct(">q")
@@ -260,39 +270,6 @@ def _check(result: Any) -> Any:
     return result
 
 
-def _start_server(data_dir: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "samizdat",
-            "server",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warning",
-            # The bench measures capacity, not the flood limits an operator keeps.
-            "--token-rate",
-            "1000000",
-            "--connection-rate",
-            "1000000",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    link_file = data_dir / "server-link"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if link_file.exists() and link_file.read_text().strip():
-            return proc, link_file.read_text().strip()
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("server did not start")
-
-
 def _start_profiler(pid: int, out: str | None, duration: float) -> subprocess.Popen[bytes] | None:
     """py-spy attached to the server process for one phase (needs ptrace rights)."""
     if out is None:
@@ -393,113 +370,116 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="samizdat-bench-") as tmp:
-        schema = ""
+    with tempfile.TemporaryDirectory(prefix="samizdat-bench-") as tmp, ExitStack() as stack:
+        pin = not args.no_pin
         if args.store:
+            store = args.store
             schema = f"bench_{secrets.token_hex(6)}"
-            asyncio.run(_pg_schema(args.store, f'CREATE SCHEMA "{schema}"'))
-            sep = "&" if "?" in args.store else "?"
-            extra = ["--store", f"{args.store}{sep}search_path={schema}", "--bus", args.bus]
+            asyncio.run(_pg_schema(store, f'CREATE SCHEMA "{schema}"'))
+            # Exits in reverse: the schema goes after both nodes have stopped.
+            stack.callback(
+                lambda: asyncio.run(_pg_schema(store, f'DROP SCHEMA "{schema}" CASCADE'))
+            )
+            sep = "&" if "?" in store else "?"
+            extra = ["--store", f"{store}{sep}search_path={schema}", "--bus", args.bus]
             extra += ["--identity-dir", str(Path(tmp) / "identity")]
-            node_a, link = _start_server(Path(tmp) / "node-a", extra)
-            node_b, recv_link = _start_server(Path(tmp) / "node-b", extra)
+            node_a, link, pinning = stack.enter_context(
+                serving(Path(tmp) / "node-a", pin=pin, extra=extra)
+            )
+            node_b, recv_link, _ = stack.enter_context(
+                serving(Path(tmp) / "node-b", pin=pin, extra=extra)
+            )
             servers = [node_a, node_b]
             what = "2 nodes, PostgreSQL (synchronous_commit=on) + Redis bus"
             if args.same_node:
                 recv_link = link
                 what += "; subscribers on the depositing node"
-        elif args.null_server:
-            server, link = _start_null_server(Path(tmp) / "null")
-            recv_link = link
-            servers = [server]
-            what = "bench/null_server.py (NOT samizdat: answers, pushes, stores nothing)"
         else:
-            server, link = _start_server(Path(tmp) / "server", [])
+            data_dir = Path(tmp) / "server"
+            server, link, pinning = stack.enter_context(
+                serving(data_dir, pin=pin, null=args.null_server)
+            )
             recv_link = link
             servers = [server]
-            what = "1 process, SQLite (WAL, synchronous=FULL)"
+            what = (
+                "bench/null_server.py (NOT samizdat: answers, pushes, stores nothing)"
+                if args.null_server
+                else "1 process, SQLite (WAL, synchronous=FULL)"
+            )
         server = servers[0]
-        try:
-            pinning = enable_pinning([s.pid for s in servers], not args.no_pin)
-            recipients = run(_setup(recv_link, args.recipients))
-            print(f"server: {what}; {os.cpu_count()} cores")
-            print(pinning)
+        recipients = run(_setup(recv_link, args.recipients))
+        print(f"server: {what}; {os.cpu_count()} cores")
+        print(pinning)
+        print(
+            f"body: {BODY_SIZE} B; senders: {args.processes} proc x {args.connections} "
+            f"conn x {args.in_flight} in flight; {args.recipients} recipient devices "
+            f"in {args.receivers} receiver proc; generator: bench/rawclient.py (picows, "
+            f"uvloop, one cumulative Ack per socket read)"
+        )
+        if not args.no_saturation:
+            profile_saturation = args.profile if args.profile_rate is None else None
+            profiler = _start_profiler(server.pid, profile_saturation, args.duration)
+            cpu_before = cpu_seconds(server.pid)
+            acked, elapsed, gen = _run_senders(link, recipients, args, None)
+            cpu = cpu_seconds(server.pid) - cpu_before
+            _stop_profiler(profiler)
             print(
-                f"body: {BODY_SIZE} B; senders: {args.processes} proc x {args.connections} "
-                f"conn x {args.in_flight} in flight; {args.recipients} recipient devices "
-                f"in {args.receivers} receiver proc; generator: bench/rawclient.py (picows, "
-                f"uvloop, one cumulative Ack per socket read)"
+                f"saturation: {acked / elapsed:,.0f} envelopes/s durable "
+                f"({acked} in {elapsed:.1f} s); server CPU {cpu / elapsed:.0%} of a core, "
+                f"{cpu / max(acked, 1) * 1e6:.0f} us per deposit; generator CPU "
+                f"{gen / max(acked, 1) * 1e6:.0f} us per deposit"
             )
-            if not args.no_saturation:
-                profile_saturation = args.profile if args.profile_rate is None else None
-                profiler = _start_profiler(server.pid, profile_saturation, args.duration)
-                cpu_before = cpu_seconds(server.pid)
-                acked, elapsed, gen = _run_senders(link, recipients, args, None)
-                cpu = cpu_seconds(server.pid) - cpu_before
-                _stop_profiler(profiler)
-                print(
-                    f"saturation: {acked / elapsed:,.0f} envelopes/s durable "
-                    f"({acked} in {elapsed:.1f} s); server CPU {cpu / elapsed:.0%} of a core, "
-                    f"{cpu / max(acked, 1) * 1e6:.0f} us per deposit; generator CPU "
-                    f"{gen / max(acked, 1) * 1e6:.0f} us per deposit"
+        print(
+            f"{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'p99.9 ms':>9} {'n':>7} {'us/env':>7} {'gen us/env':>10} {'gen core':>8}"
+        )
+        passed: list[tuple[float, float]] = []  # (delivered/s, generator us/env)
+        for rate in (float(r) for r in args.rates.split(",")):
+            ctx = mp.get_context("spawn")
+            ready, out = ctx.Event(), ctx.Queue()
+            share = -(-len(recipients) // args.receivers)
+            receivers = [
+                ctx.Process(
+                    target=_measured_receiver_process,
+                    args=(recv_link, recipients[i : i + share], args.duration + 5, ready, out),
                 )
+                for i in range(0, len(recipients), share)
+            ]
+            for receiver in receivers:
+                receiver.start()
+                ready.wait(60)  # one at a time: each takes its backlog unmeasured
+                ready.clear()
+            profiler = None
+            if args.profile_rate == rate:
+                profiler = _start_profiler(server.pid, args.profile, args.duration)
+            cpu_before = sum(cpu_seconds(s.pid) for s in servers)
+            acked, elapsed, gen = _run_senders(link, recipients, args, rate)
+            results = [_check(out.get()) for _ in receivers]
+            latencies = sorted(x for r in results for x in r[0])
+            gen += sum(r[1] for r in results)
+            for receiver in receivers:
+                receiver.join()
+            cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
+            _stop_profiler(profiler)
+            n = max(len(latencies), 1)
             print(
-                f"{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-                f"{'p99.9 ms':>9} {'n':>7} {'us/env':>7} {'gen us/env':>10} {'gen core':>8}"
+                f"{rate:>10,.0f} {acked / elapsed:>11,.0f} "
+                f"{percentile(latencies, 0.50):>8.1f} {percentile(latencies, 0.99):>8.1f} "
+                f"{percentile(latencies, 0.999):>9.1f} {len(latencies):>7} "
+                f"{cpu / n * 1e6:>7.0f} {gen / n * 1e6:>10.0f} {gen / elapsed:>8.0%}"
             )
-            passed: list[tuple[float, float]] = []  # (delivered/s, generator us/env)
-            for rate in (float(r) for r in args.rates.split(",")):
-                ctx = mp.get_context("spawn")
-                ready, out = ctx.Event(), ctx.Queue()
-                share = -(-len(recipients) // args.receivers)
-                receivers = [
-                    ctx.Process(
-                        target=_measured_receiver_process,
-                        args=(recv_link, recipients[i : i + share], args.duration + 5, ready, out),
-                    )
-                    for i in range(0, len(recipients), share)
-                ]
-                for receiver in receivers:
-                    receiver.start()
-                    ready.wait(60)  # one at a time: each takes its backlog unmeasured
-                    ready.clear()
-                profiler = None
-                if args.profile_rate == rate:
-                    profiler = _start_profiler(server.pid, args.profile, args.duration)
-                cpu_before = sum(cpu_seconds(s.pid) for s in servers)
-                acked, elapsed, gen = _run_senders(link, recipients, args, rate)
-                results = [_check(out.get()) for _ in receivers]
-                latencies = sorted(x for r in results for x in r[0])
-                gen += sum(r[1] for r in results)
-                for receiver in receivers:
-                    receiver.join()
-                cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
-                _stop_profiler(profiler)
-                n = max(len(latencies), 1)
-                print(
-                    f"{rate:>10,.0f} {acked / elapsed:>11,.0f} "
-                    f"{percentile(latencies, 0.50):>8.1f} {percentile(latencies, 0.99):>8.1f} "
-                    f"{percentile(latencies, 0.999):>9.1f} {len(latencies):>7} "
-                    f"{cpu / n * 1e6:>7.0f} {gen / n * 1e6:>10.0f} {gen / elapsed:>8.0%}"
-                )
-                expected = int(args.duration * rate / args.processes) * args.processes
-                if len(latencies) >= expected and percentile(latencies, 0.99) <= 50:
-                    passed.append((len(latencies) / elapsed, gen / n * 1e6))
-            if args.null_server:
-                best = max(passed, default=(0.0, float("nan")))
-                print(
-                    f"load generator ceiling: {best[0]:,.0f} envelopes/s delivered at p99 <= 50 "
-                    f"ms, nothing lost (best step); its CPU there {best[1]:.0f} us per envelope "
-                    f"(senders + receivers) = at most {1e6 / best[1]:,.0f}/s on one whole core"
-                    if passed
-                    else "load generator ceiling: no step passed p99 <= 50 ms with nothing lost"
-                )
-        finally:
-            for proc in servers:
-                proc.terminate()
-                proc.wait(10)
-            if schema:
-                asyncio.run(_pg_schema(args.store, f'DROP SCHEMA "{schema}" CASCADE'))
+            expected = int(args.duration * rate / args.processes) * args.processes
+            if len(latencies) >= expected and percentile(latencies, 0.99) <= 50:
+                passed.append((len(latencies) / elapsed, gen / n * 1e6))
+        if args.null_server:
+            best = max(passed, default=(0.0, float("nan")))
+            print(
+                f"load generator ceiling: {best[0]:,.0f} envelopes/s delivered at p99 <= 50 "
+                f"ms, nothing lost (best step); its CPU there {best[1]:.0f} us per envelope "
+                f"(senders + receivers) = at most {1e6 / best[1]:,.0f}/s on one whole core"
+                if passed
+                else "load generator ceiling: no step passed p99 <= 50 ms with nothing lost"
+            )
 
 
 async def _pg_schema(url: str, statement: str) -> None:
@@ -515,22 +495,6 @@ async def _pg_schema(url: str, statement: str) -> None:
 async def _setup(link: str, count: int) -> list[Recipient]:
     recipients: list[Recipient] = await register_many(Server(link), count)
     return recipients
-
-
-def _start_null_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """bench/null_server.py: the protocol without a server behind it (generator ceiling)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve().parent / "null_server.py"), str(data_dir)],
-        stdout=subprocess.DEVNULL,
-    )
-    link_file = data_dir / "server-link"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if link_file.exists():
-            return proc, link_file.read_text().strip()
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("null server did not start")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deposit_delivery import BODY_SIZE, _start_null_server, _start_server  # noqa: E402
+from deposit_delivery import BODY_SIZE  # noqa: E402
 from rawclient import (  # noqa: E402
     RawConn,
     Server,
     deposit_all,
-    enable_pinning,
     register,
     run,
+    serving,
     subscribe,
 )
 from samizdat.protocol import frames as f  # noqa: E402
@@ -62,12 +62,9 @@ def main() -> None:
     parser.add_argument("--no-pin", action="store_true", help="no core pinning")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="samizdat-drain-") as tmp:
-        if args.null_server:
-            server, link = _start_null_server(Path(tmp) / "null")
-        else:
-            server, link = _start_server(Path(tmp) / "server", [])
-        try:
-            pinning = enable_pinning([server.pid], not args.no_pin)
+        data_dir = Path(tmp) / "server"
+        with serving(data_dir, null=args.null_server, pin=not args.no_pin) as started:
+            _, link, pinning = started
             times = sorted(run(_run(link, args.queued, args.rounds)))
             what = "bench/null_server.py" if args.null_server else "1 process, SQLite"
             print(f"server: {what}; {args.queued} queued envelopes of {BODY_SIZE} B")
@@ -77,9 +74,6 @@ def main() -> None:
                 + ", ".join(f"{t * 1e3:.0f}" for t in times)
                 + f" ms (median {times[len(times) // 2] * 1e3:.0f} ms)"
             )
-        finally:
-            server.terminate()
-            server.wait(10)
 
 
 if __name__ == "__main__":

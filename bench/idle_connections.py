@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,21 +21,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deposit_delivery import (  # noqa: E402
-    _start_null_server,
-    _start_profiler,
-    _stop_profiler,
-)
+from deposit_delivery import _start_profiler, _stop_profiler  # noqa: E402
 from openloop import cpu_seconds  # noqa: E402
 from rawclient import (  # noqa: E402
     SOURCES,
     BenchError,
     RawConn,
     Server,
-    enable_pinning,
     open_conn,
     raise_nofile,
     run,
+    serving,
 )
 
 
@@ -75,26 +70,6 @@ def _hold_process(link: str, count: int, offset: int, hold: Any, done: Any) -> N
     run(_hold(link, count, offset, hold, done))
 
 
-def _start(data_dir: Path, need: int, null: bool) -> tuple[subprocess.Popen[bytes], str]:
-    if null:
-        return _start_null_server(data_dir)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "samizdat", "server", "--data-dir", str(data_dir)]
-        + ["--listen", "127.0.0.1:0", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: raise_nofile(need),
-    )
-    link_file = data_dir / "server-link"
-    deadline = time.monotonic() + 30
-    while not (link_file.exists() and link_file.read_text().strip()):
-        if time.monotonic() > deadline:
-            server.kill()
-            raise SystemExit("server did not start")
-        time.sleep(0.05)
-    return server, link_file.read_text().strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connections", type=int, default=2000)
@@ -112,9 +87,9 @@ def main() -> None:
     need = args.connections + 1024
 
     with tempfile.TemporaryDirectory(prefix="samizdat-idle-") as tmp:
-        server, link = _start(Path(tmp) / "server", need, args.null_server)
-        try:
-            pinning = enable_pinning([server.pid], not args.no_pin)
+        data_dir = Path(tmp) / "server"
+        with serving(data_dir, null=args.null_server, pin=not args.no_pin, nofile=need) as started:
+            server, link, pinning = started
             time.sleep(0.5)
             before = rss_kib(server.pid)
             cpu_before = cpu_seconds(server.pid)
@@ -156,9 +131,6 @@ def main() -> None:
             hold.set()
             for p in procs:
                 p.join(60)
-        finally:
-            server.terminate()
-            server.wait(10)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deposit_delivery import BODY_SIZE, _start_null_server, _start_server  # noqa: E402
+from deposit_delivery import BODY_SIZE  # noqa: E402
 from openloop import cpu_seconds  # noqa: E402
 from rawclient import (  # noqa: E402
     SOURCES,
@@ -32,10 +32,10 @@ from rawclient import (  # noqa: E402
     Recipient,
     Server,
     deposit_all,
-    enable_pinning,
     raise_nofile,
     register_many,
     run,
+    serving,
     signing_key,
     subscribe,
 )
@@ -155,12 +155,9 @@ def main() -> None:
     raise_nofile(args.devices + 1024)
 
     with tempfile.TemporaryDirectory(prefix="samizdat-storm-") as tmp:
-        if args.null_server:
-            server, link = _start_null_server(Path(tmp) / "null")
-        else:
-            server, link = _start_server(Path(tmp) / "server", [])
-        try:
-            pinning = enable_pinning([server.pid], not args.no_pin)
+        data_dir = Path(tmp) / "server"
+        with serving(data_dir, null=args.null_server, pin=not args.no_pin) as started:
+            server, link, pinning = started
             t0 = time.perf_counter()
             recipients = run(_prepare(link, args.devices, args.queued))
             prepared = time.perf_counter() - t0
@@ -219,9 +216,6 @@ def main() -> None:
                 print(f"failures: {', '.join(errors)}")
             for p in procs:
                 p.join(60)
-        finally:
-            server.terminate()
-            server.wait(10)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import tempfile
@@ -31,54 +32,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from samizdat.protocol import frames as f  # noqa: E402
-from samizdat.server.bus.local import LocalBus  # noqa: E402
-from samizdat.server.identity import endpoint_url, load_or_create_identity  # noqa: E402
 from samizdat.server.ratelimit import KeyedBuckets, RateLimits  # noqa: E402
-from samizdat.server.session import ConsumerRegistry, Session, SessionDeps  # noqa: E402
+from samizdat.server.session import Session, SessionDeps  # noqa: E402
 from samizdat.server.store.sqlite import SqliteStore  # noqa: E402
-from tests.server.helpers import User  # noqa: E402
+from tests.server.helpers import memory_deps, registered_session  # noqa: E402
 
 
 def _deps(store: SqliteStore, tmp: Path) -> SessionDeps:
-    identity = load_or_create_identity(tmp / "id", ["127.0.0.1"])
+    """The tests' in-memory set-up without the flood limits (a bench measures capacity)."""
     unlimited = RateLimits(
         connection_rate=1e9, connection_burst=1e9, token_rate=1e9, token_burst=1e9
     )
-    return SessionDeps(
-        store=store,
-        bus=LocalBus(),
-        server_key=identity.server_key,
-        descriptor=identity.descriptor([endpoint_url("127.0.0.1", 1)], int(time.time() * 1000)),
-        limits=f.Limits(),
-        rate_limits=unlimited,
-        consumers=ConsumerRegistry(),
-        token_buckets=KeyedBuckets(1e9, 1e9, 100_000),
-        monotonic=time.monotonic,
-        now_ms=lambda: int(time.time() * 1000),
-        random_bytes=os.urandom,
-    )
-
-
-async def _login(deps: SessionDeps) -> tuple[Session, User, bytes]:
-    """A session with a registered device and a delivery token."""
-    session = Session(deps)
-    await session.receive_bytes(f.encode(f.Hello(versions=[1])))
-    welcome = await session.next_frame()
-    assert isinstance(welcome, f.Welcome)
-    user = User.generate()
-    device = user.devices[0]
-    register = f.Register(
-        rid=1,
-        device=device.keys,
-        devices=user.signed_list(),
-        proof=device.proof(deps.server_key, welcome.nonce),
-    )
-    await session.receive_bytes(f.encode(register))
-    assert isinstance(await session.next_frame(), f.AuthOk)
-    token = os.urandom(32)
-    await session.receive_bytes(f.encode(f.AddToken(rid=2, token=token)))
-    assert isinstance(await session.next_frame(), f.Ok)
-    return session, user, token
+    deps = memory_deps(store, tmp, token_buckets=KeyedBuckets(1e9, 1e9, 100_000))
+    return dataclasses.replace(deps, rate_limits=unlimited)
 
 
 async def _sender(session: Session, frames: list[bytes], sent: list[int], in_flight: int) -> None:
@@ -128,8 +94,8 @@ async def run(envelopes: int, pairs: int, body_size: int, in_flight: int) -> dic
             receivers: list[Session] = []
             body = os.urandom(body_size)
             for p in range(pairs):
-                sender, _, _ = await _login(deps)
-                receiver, user, token = await _login(deps)
+                sender, _, _ = await registered_session(deps)
+                receiver, user, token = await registered_session(deps)
                 await receiver.receive_bytes(f.encode(f.Subscribe(rid=3)))
                 target = user.devices[0].device_id
                 frames = [
