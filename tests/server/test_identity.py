@@ -34,8 +34,10 @@ def test_descriptor_and_certificates(tmp_path: Path) -> None:
     descriptor = open_descriptor(signed, now, expected_key=identity.server_key)
     assert descriptor.endpoints[0].url == "wss://127.0.0.1:4433/v1/ws"
     assert descriptor.expires_at - now == 30 * 24 * 3600 * 1000
-    leaf, ca = x509.load_pem_x509_certificates(identity.cert_path.read_bytes())
-    assert ca.public_bytes(Encoding.DER) == identity.ca_der
+    # The leaf alone: clients anchor on the descriptor's CA, so it is not sent.
+    (leaf,) = x509.load_pem_x509_certificates(identity.cert_path.read_bytes())
+    ca = x509.load_der_x509_certificate(identity.ca_der)
+    assert ca.public_bytes(Encoding.PEM) == (tmp_path / "tls-ca.pem").read_bytes()
     assert spki_pin(leaf) == descriptor.tls_pin
     leaf.verify_directly_issued_by(ca)
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -59,6 +61,15 @@ def test_parse_listen_round_trip(port: int, host: str) -> None:
 def test_parse_listen_refuses(text: str) -> None:
     with pytest.raises(LocalError):
         parse_listen(text)
+
+
+def test_a_chain_from_an_earlier_release_is_cut_to_the_leaf(tmp_path: Path) -> None:
+    first = load_or_create_identity(tmp_path, ["127.0.0.1"])
+    leaf_pem = first.cert_path.read_bytes()
+    first.cert_path.write_bytes(leaf_pem + (tmp_path / "tls-ca.pem").read_bytes())
+    second = load_or_create_identity(tmp_path, ["127.0.0.1"])
+    assert second.cert_path.read_bytes() == leaf_pem
+    assert second.tls_pin == first.tls_pin
 
 
 def test_a_renewed_leaf_certificate_keeps_its_key_and_pin(tmp_path: Path) -> None:
