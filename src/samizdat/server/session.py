@@ -43,7 +43,7 @@ from samizdat.server.blobs import BlobService
 from samizdat.server.bus.base import Bus, Subscription
 from samizdat.server.outbox import Outbox
 from samizdat.server.ratelimit import KeyedBuckets, RateLimits, TokenBucket
-from samizdat.server.store.base import DepositItem, MailboxEntry, Store
+from samizdat.server.store.base import DepositItem, KeyCounts, MailboxEntry, Store
 
 __all__ = ["SessionDeps", "ConsumerRegistry", "Session", "new_claim_budgets", "token_hash"]
 
@@ -410,12 +410,11 @@ class Session:
             raise ProtocolError(ErrorCode.BAD_SIGNATURE, "proof does not verify") from exc
 
     async def _login(
-        self, rid: int, device_id: bytes, user_key: bytes, signing_key: bytes
+        self, rid: int, device_id: bytes, user_key: bytes, signing_key: bytes, counts: KeyCounts
     ) -> f.AuthOk:
         if self._device_id is not None and self._device_id != device_id:
             await self._stop_pump()
         self._device_id, self._user_key, self._signing_key = device_id, user_key, signing_key
-        counts = await self._deps.store.key_counts(device_id)
         return f.AuthOk(
             rid=rid,
             device_id=device_id,
@@ -435,17 +434,28 @@ class Session:
             listed=[d.device_id for d in device_list.devices],
             device=frame.device,
         )
+        counts = await self._deps.store.key_counts(frame.device.device_id)
         return await self._login(
-            frame.rid, frame.device.device_id, device_list.user_key, frame.device.signing_key
+            frame.rid,
+            frame.device.device_id,
+            device_list.user_key,
+            frame.device.signing_key,
+            counts,
         )
 
     async def _auth(self, frame: f.Auth) -> f.AuthOk:
-        device = await self._deps.store.get_device(frame.device_id)
+        store = self._deps.store
+        # Both reads in one loop turn: the SQLite store takes them to its reader thread in
+        # one hand-off (each hand-off wakes a thread, then the loop). Counting a device's
+        # keys before its proof is checked tells an impostor nothing: only AuthOk shows it.
+        device, counts = await asyncio.gather(
+            store.get_device(frame.device_id), store.key_counts(frame.device_id)
+        )
         if device is None:
             raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "device is not registered")
         self._check_proof(device.keys.signing_key, frame.device_id, frame.proof)
         return await self._login(
-            frame.rid, frame.device_id, device.user_key, device.keys.signing_key
+            frame.rid, frame.device_id, device.user_key, device.keys.signing_key, counts
         )
 
     async def _upload_keys(self, frame: f.UploadKeys) -> f.Ok:
@@ -579,9 +589,41 @@ class Session:
         except BaseException:
             subscription.close()
             raise
+        # The first fetch before the Ok, so that the Ok and the backlog's first Deliver
+        # frames leave in one turn of the loop: one write (front.py).
+        try:
+            entries = await self._deps.store.fetch(
+                device_id, frame.after, limits.MAX_ENTRIES_PER_DELIVER
+            )
+        except Exception:
+            _log.warning("delivery stopped by a store error; closing", exc_info=True)
+            subscription.close()
+            self._delivery_failed()
+            return
+        except BaseException:
+            subscription.close()
+            raise
+        if self.closing:  # replaced, or the connection went, meanwhile
+            subscription.close()
+            return
         await self._send(f.Ok(rid=frame.rid))
+        # Only what the outbox takes without waiting: a handler blocked on a slow reader
+        # would outlive a replace(), which stops the delivery task alone.
+        cursor, delivered = frame.after, 0
+        for batch in self._batches(entries):
+            if self.closing or self._outbox.full():
+                break
+            self._outbox.put_nowait(f.Deliver(entries=batch))
+            cursor, delivered = batch[-1].seq, delivered + len(batch)
+        if self.closing:
+            subscription.close()
+            return
+        # A short first fetch read the whole mailbox, and anything newer is announced to
+        # the subscription (made before it): then the delivery task starts by waiting.
+        more = delivered < len(entries) or len(entries) >= limits.MAX_ENTRIES_PER_DELIVER
         self._pump = asyncio.create_task(
-            self._deliver(device_id, frame.after, subscription), name="samizdat-deliver"
+            self._deliver(device_id, cursor, subscription, fetch_first=more),
+            name="samizdat-deliver",
         )
 
     async def replace(self) -> None:
@@ -610,13 +652,18 @@ class Session:
 
     # -- delivery -----------------------------------------------------------------------
 
-    async def _deliver(self, device_id: bytes, after: int, subscription: Subscription) -> None:
+    async def _deliver(
+        self, device_id: bytes, after: int, subscription: Subscription, fetch_first: bool
+    ) -> None:
         cursor = after
         try:
             while True:
-                entries = await self._deps.store.fetch(
-                    device_id, cursor, limits.MAX_ENTRIES_PER_DELIVER
-                )
+                entries: list[MailboxEntry] = []
+                if fetch_first:
+                    entries = await self._deps.store.fetch(
+                        device_id, cursor, limits.MAX_ENTRIES_PER_DELIVER
+                    )
+                fetch_first = True
                 if not entries:
                     await subscription.wait()
                     if subscription.replaced:
