@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,21 +13,15 @@ from samizdat.errors import ErrorCode, ProtocolError
 from samizdat.server.store.base import DepositItem, DepositResult
 from samizdat.server.store.postgres import PostgresStore
 from tests.server.helpers import NOW_MS
-from tests.server.services import PG_DSN, drop_pg_schema
+from tests.server.services import fresh_schema, pg_store
 
 QUOTA = 50
 
 
 @pytest.fixture
 async def store() -> AsyncIterator[PostgresStore]:
-    schema = f"t_{secrets.token_hex(8)}"
-    opened = PostgresStore(PG_DSN, schema=schema, pool_size=4, max_mailbox_entries=QUOTA)
-    await opened.open()
-    try:
+    async with pg_store(fresh_schema(), max_mailbox_entries=QUOTA) as opened:
         yield opened
-    finally:
-        await opened.close()
-        await drop_pg_schema(schema)
 
 
 def item(device_id: bytes, n: int) -> DepositItem:

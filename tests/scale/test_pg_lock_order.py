@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import secrets
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -15,7 +14,7 @@ import pytest
 
 from samizdat.server.store.base import DepositItem
 from samizdat.server.store.postgres import PostgresStore
-from tests.server.services import PG_DSN, drop_pg_schema
+from tests.server.services import PG_DSN, fresh_schema, pg_store
 
 ROUNDS = 60
 DEVICES = 12
@@ -25,18 +24,13 @@ OLD_MS = 1_000
 
 @pytest.fixture
 def schema() -> str:
-    return f"t_{secrets.token_hex(8)}"
+    return fresh_schema()
 
 
 @pytest.fixture
 async def store(schema: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(PG_DSN, schema=schema, pool_size=4)
-    await opened.open()
-    try:
+    async with pg_store(schema) as opened:
         yield opened
-    finally:
-        await opened.close()
-        await drop_pg_schema(schema)
 
 
 async def _fill(store: PostgresStore, devices: list[bytes], acked: bytes) -> None:

@@ -445,15 +445,13 @@ class Session:
 
     async def _auth(self, frame: f.Auth) -> f.AuthOk:
         store = self._deps.store
-        # Both reads in one loop turn: the SQLite store takes them to its reader thread in
-        # one hand-off (each hand-off wakes a thread, then the loop). Counting a device's
-        # keys before its proof is checked tells an impostor nothing: only AuthOk shows it.
-        device, counts = await asyncio.gather(
-            store.get_device(frame.device_id), store.key_counts(frame.device_id)
-        )
+        # One after the other: SQLite reads run on the loop, so gathering them would only
+        # add two tasks; the counts are read once the proof holds.
+        device = await store.get_device(frame.device_id)
         if device is None:
             raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "device is not registered")
         self._check_proof(device.keys.signing_key, frame.device_id, frame.proof)
+        counts = await store.key_counts(frame.device_id)
         return await self._login(
             frame.rid, frame.device_id, device.user_key, device.keys.signing_key, counts
         )
