@@ -97,6 +97,11 @@ async def test_other_requests_get_uvicorns_answers(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         status = await asyncio.wait_for(reader.readline(), 5)
         assert status.startswith(b"HTTP/1.1 101 ")
+        head = b""
+        while (line := await asyncio.wait_for(reader.readline(), 5)) != b"\r\n":
+            head += line.lower()
+        # Dated like uvicorn's answers above, so the handshake is not the odd one out.
+        assert b"\r\ndate: " in b"\r\n" + head and b"\r\ndate: " in plain.lower()
         writer.close()
     finally:
         await running.stop()

@@ -37,6 +37,8 @@ from picows import (
     WSMsgType,
     WSTransport,
     WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from uvicorn.config import Config
@@ -119,9 +121,21 @@ class FrontState:
         #: Open WebSocket connections, for the keepalive sweep.
         self.live: set[WsConnection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._headers_from: list[tuple[bytes, bytes]] | None = None
+        self._headers: list[tuple[str, str]] = []
 
     def __repr__(self) -> str:
         return f"FrontState(live={len(self.live)}, closing={len(self.closing)})"
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """uvicorn's headers for every answer (``date``), for picows' 101: the WebSocket
+        handshake answer then looks like every other answer of this server."""
+        state = self.server_state
+        current = state.default_headers if state is not None else []
+        if current is not self._headers_from:  # uvicorn makes a new list each second
+            self._headers_from = current
+            self._headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in current]
+        return self._headers
 
     def add(self, connection: WsConnection) -> None:
         self.live.add(connection)
@@ -319,8 +333,9 @@ def frame_messages(messages: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _listener(front: FrontState, request: WSUpgradeRequest) -> WsConnection:
-    return WsConnection(front)
+def _listener(front: FrontState, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener:
+    response = WSUpgradeResponse.create_101_response(front.response_headers())
+    return WSUpgradeResponseWithListener(response, WsConnection(front))
 
 
 class WsConnection(WSListener):
