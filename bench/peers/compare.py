@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -52,9 +50,9 @@ from deposit_delivery import (  # noqa: E402
     _setup,
     _start_server,
 )
+from report import DOCS, load, machine, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ROOT / "docs" / "performance.md"
 SECTION = "## Side by side with peers (issue 7)"
 
 
@@ -119,23 +117,6 @@ class Result:
     steps: list[Step]
 
 
-def _machine() -> str:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    mem = Path("/proc/meminfo").read_text().split()[1]
-    return (
-        f"{os.cpu_count()} cores ({model}), {int(mem) // 1024 // 1024} GiB, "
-        f"Linux {platform.release()}, Python {platform.python_version()}"
-    )
-
-
-def _load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def _ratio(a: float, b: float) -> str:
     if not b:
         return "—"
@@ -180,18 +161,6 @@ def ladders(results: list[Result]) -> str:
     return "\n".join(out).rstrip()
 
 
-def write_docs(section: str) -> None:
-    """Replace (or append) our section only: other sections belong to other benches."""
-    text = DOCS.read_text()
-    start = text.find(SECTION)
-    if start < 0:
-        DOCS.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    end = text.find("\n## ", start + len(SECTION))
-    rest = text[end + 1 :] if end >= 0 else ""
-    DOCS.write_text(text[:start] + section + ("\n" + rest if rest else ""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per step")
@@ -213,7 +182,7 @@ def main() -> None:
     args = parser.parse_args()
 
     started = datetime.datetime.now(datetime.UTC)
-    load_before = _load()
+    load_before = load()
     wanted = set((args.only or "samizdat,synapse,ejabberd").split(","))
     with tempfile.TemporaryDirectory(prefix="samizdat-peers-") as tmp:
         work = Path(tmp)
@@ -254,8 +223,8 @@ def main() -> None:
 
 - measured: {started:%Y-%m-%d %H:%M} UTC, from one run of
   `{command.strip()}`
-- machine: {_machine()}
-- load average (1/5/15 min) before the run: {load_before}; after it: {_load()}
+- machine: {machine()}
+- load average (1/5/15 min) before the run: {load_before}; after it: {load()}
 
 {summary}
 
@@ -307,7 +276,7 @@ latency percentiles, server CPU per delivered message):
 {ladders(results)}
 ```
 """
-    write_docs(section)
+    write_section(SECTION, section)
     print(f"wrote {DOCS.relative_to(ROOT)}")
 
 
