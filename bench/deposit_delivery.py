@@ -12,7 +12,6 @@ import multiprocessing as mp
 import os
 import secrets
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,19 +32,18 @@ from rawclient import (  # noqa: E402
     register_many,
     run,
     serving,
+    start_py_spy,
+    stop_py_spy,
     subscribe,
 )
-from rawclient import start_server as _start_server  # noqa: E402
 from samizdat.protocol import frames as f  # noqa: E402
 
-# _start_server: peers/compare.py and groups.py start their server through this name.
 __all__ = [
     "BODY_SIZE",
     "Recipient",
     "_receiver_process",
     "_sender_process",
     "_setup",
-    "_start_server",
 ]
 
 BODY_SIZE = 1024  # one padding bucket: what a short text message occupies
@@ -270,24 +268,6 @@ def _check(result: Any) -> Any:
     return result
 
 
-def _start_profiler(pid: int, out: str | None, duration: float) -> subprocess.Popen[bytes] | None:
-    """py-spy attached to the server process for one phase (needs ptrace rights)."""
-    if out is None:
-        return None
-    fmt = "raw" if out.endswith(".txt") else "speedscope"
-    py_spy = Path(sys.executable).with_name("py-spy")
-    return subprocess.Popen(
-        [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(duration) + 2)]
-        + ["--rate", "1000", "--gil", "--format", fmt, "--output", out, "--nonblocking"],
-        stdout=subprocess.DEVNULL,
-    )
-
-
-def _stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
-    if profiler is not None:
-        profiler.wait(60)
-
-
 def _run_senders(
     link: str, recipients: list[Recipient], args: argparse.Namespace, rate: float | None
 ) -> tuple[int, float, float]:
@@ -418,11 +398,11 @@ def main() -> None:
         )
         if not args.no_saturation:
             profile_saturation = args.profile if args.profile_rate is None else None
-            profiler = _start_profiler(server.pid, profile_saturation, args.duration)
+            profiler = start_py_spy(server.pid, profile_saturation, args.duration + 2, gil=True)
             cpu_before = cpu_seconds(server.pid)
             acked, elapsed, gen = _run_senders(link, recipients, args, None)
             cpu = cpu_seconds(server.pid) - cpu_before
-            _stop_profiler(profiler)
+            stop_py_spy(profiler)
             print(
                 f"saturation: {acked / elapsed:,.0f} envelopes/s durable "
                 f"({acked} in {elapsed:.1f} s); server CPU {cpu / elapsed:.0%} of a core, "
@@ -451,7 +431,7 @@ def main() -> None:
                 ready.clear()
             profiler = None
             if args.profile_rate == rate:
-                profiler = _start_profiler(server.pid, args.profile, args.duration)
+                profiler = start_py_spy(server.pid, args.profile, args.duration + 2, gil=True)
             cpu_before = sum(cpu_seconds(s.pid) for s in servers)
             acked, elapsed, gen = _run_senders(link, recipients, args, rate)
             results = [_check(out.get()) for _ in receivers]
@@ -460,7 +440,7 @@ def main() -> None:
             for receiver in receivers:
                 receiver.join()
             cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
-            _stop_profiler(profiler)
+            stop_py_spy(profiler)
             n = max(len(latencies), 1)
             print(
                 f"{rate:>10,.0f} {acked / elapsed:>11,.0f} "

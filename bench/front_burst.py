@@ -22,9 +22,8 @@ from pathlib import Path
 from websockets.frames import Frame, Opcode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deposit_delivery import _start_server  # noqa: E402
 from openloop import cpu_seconds  # noqa: E402
-from rawclient import GENERATOR_CORES, SERVER_CORES, can_pin, pin  # noqa: E402
+from rawclient import pin_generator, serving  # noqa: E402
 from samizdat.protocol import frames as f  # noqa: E402
 from samizdat.protocol.descriptor import open_descriptor  # noqa: E402
 from samizdat.protocol.links import decode_server_link  # noqa: E402
@@ -78,25 +77,21 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=30_000, help="answers measured")
     parser.add_argument("--connections", type=int, default=10)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        server, link = _start_server(Path(tmp) / "server", [])
-        try:
-            if can_pin():
-                pin(server.pid, SERVER_CORES)
-                pin(0, GENERATOR_CORES)
-            asyncio.run(_clients(link, args.burst, 5, args.connections))  # warm-up
-            rounds = max(1, args.answers // (args.burst * args.connections))
-            cpu, start = cpu_seconds(server.pid), time.monotonic()
-            asyncio.run(_clients(link, args.burst, rounds, args.connections))
-            cpu, took = cpu_seconds(server.pid) - cpu, time.monotonic() - start
-            answers = rounds * args.burst * args.connections
-            print(
-                f"burst {args.burst}: {answers} answers in {took:.1f} s; "
-                f"server CPU {1e6 * cpu / answers:.1f} us per answer"
-            )
-        finally:
-            server.terminate()
-            server.wait()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serving(Path(tmp) / "server", pin=True) as (server, link, _pinning),
+    ):
+        pin_generator()  # this process is the client
+        asyncio.run(_clients(link, args.burst, 5, args.connections))  # warm-up
+        rounds = max(1, args.answers // (args.burst * args.connections))
+        cpu, start = cpu_seconds(server.pid), time.monotonic()
+        asyncio.run(_clients(link, args.burst, rounds, args.connections))
+        cpu, took = cpu_seconds(server.pid) - cpu, time.monotonic() - start
+        answers = rounds * args.burst * args.connections
+        print(
+            f"burst {args.burst}: {answers} answers in {took:.1f} s; "
+            f"server CPU {1e6 * cpu / answers:.1f} us per answer"
+        )
 
 
 if __name__ == "__main__":

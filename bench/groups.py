@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deposit_delivery import _start_server  # noqa: E402
+from rawclient import start_server  # noqa: E402
 from samizdat.client import groups  # noqa: E402
 from samizdat.client.app import Client
 from samizdat.client.connection import Connection, now_ms
@@ -230,7 +230,7 @@ class ServerCost:
 async def _main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        proc, link = _start_server(root / "server", ["--store", args.store] if args.store else [])
+        proc, link = start_server(root / "server", ["--store", args.store] if args.store else [])
         try:
             t0 = time.perf_counter()
             members = await _register_members(link, args.users + 1, args.devices_per_user)

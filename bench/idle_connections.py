@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deposit_delivery import _start_profiler, _stop_profiler  # noqa: E402
 from openloop import cpu_seconds  # noqa: E402
 from rawclient import (  # noqa: E402
     SOURCES,
@@ -32,6 +31,8 @@ from rawclient import (  # noqa: E402
     raise_nofile,
     run,
     serving,
+    start_py_spy,
+    stop_py_spy,
 )
 
 
@@ -101,11 +102,11 @@ def main() -> None:
                 for i in range(args.processes)
             ]
             start = time.perf_counter()
-            profiler = _start_profiler(server.pid, args.profile, args.profile_seconds - 2)
+            profiler = start_py_spy(server.pid, args.profile, args.profile_seconds, gil=True)
             for p in procs:
                 p.start()
             results = [done.get() for _ in procs]
-            _stop_profiler(profiler)
+            stop_py_spy(profiler)
             elapsed = time.perf_counter() - start
             cpu = cpu_seconds(server.pid) - cpu_before
             time.sleep(2)  # let the allocator settle

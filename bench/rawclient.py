@@ -531,3 +531,27 @@ async def deposit_all(
     await conn.wait_closed()
     if errors:
         raise BenchError(f"deposits refused: {sorted(set(errors))}")
+
+
+def start_py_spy(
+    pid: int, out: str | None, seconds: float, *, gil: bool = False, native: bool = False
+) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid`` for ``seconds`` into ``out`` (speedscope JSON, or collapsed
+    stacks for a .txt name; needs ptrace rights); None without ``out``. ``gil``: only
+    samples holding the GIL; ``native``: C frames too (OpenSSL), which stops the process."""
+    if out is None:
+        return None
+    fmt = "raw" if out.endswith(".txt") else "speedscope"
+    py_spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(seconds))]
+        + ["--rate", "1000", "--format", fmt, "--output", out]
+        + (["--gil"] if gil else [])
+        + (["--native"] if native else ["--nonblocking"]),
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def stop_py_spy(profiler: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
+    if profiler is not None:
+        profiler.wait(timeout)

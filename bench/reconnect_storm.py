@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ from rawclient import (  # noqa: E402
     run,
     serving,
     signing_key,
+    start_py_spy,
+    stop_py_spy,
     subscribe,
 )
 from samizdat.protocol import frames as f  # noqa: E402
@@ -113,22 +114,6 @@ def _storm_process(
     out.put(run(_storm(link, recipients, queued, in_flight, offset, go)))
 
 
-def _start_profiler(pid: int, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
-    """py-spy attached to the server for the storm (idle samples are left out)."""
-    if args.profile is None:
-        return None
-    fmt = "raw" if args.profile.endswith(".txt") else "speedscope"
-    py_spy = Path(sys.executable).with_name("py-spy")
-    proc = subprocess.Popen(
-        [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(args.profile_seconds))]
-        + ["--rate", "1000", "--format", fmt, "--output", args.profile]
-        + (["--native"] if args.native else ["--nonblocking"]),
-        stdout=subprocess.DEVNULL,
-    )
-    time.sleep(1)  # py-spy attaches
-    return proc
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devices", type=int, default=1000)
@@ -191,13 +176,16 @@ def main() -> None:
             for _ in procs:
                 ready.get()
             time.sleep(1)  # let every process reach go.wait()
-            profiler = _start_profiler(server.pid, args)
+            profiler = start_py_spy(
+                server.pid, args.profile, args.profile_seconds, native=args.native
+            )
+            if profiler is not None:
+                time.sleep(1)  # py-spy attaches
             cpu_before = cpu_seconds(server.pid)
             go.set()
             results = [out.get() for _ in procs]
             cpu = cpu_seconds(server.pid) - cpu_before
-            if profiler is not None:
-                profiler.wait(120)
+            stop_py_spy(profiler, 120)
             times = sorted(t for r in results for t in r[0])
             failed = sum(r[1] for r in results)
             total = max(r[2] for r in results)

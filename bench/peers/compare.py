@@ -48,8 +48,8 @@ from deposit_delivery import (  # noqa: E402
     _receiver_process,
     _sender_process,
     _setup,
-    _start_server,
 )
+from rawclient import start_server  # noqa: E402
 from report import DOCS, load, machine, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +85,7 @@ class Samizdat:
         )
 
     def start(self) -> None:
-        self.proc, self.link = _start_server(self.dir, [])
+        self.proc, self.link = start_server(self.dir, [])
         self.pid = self.proc.pid
 
     def setup(self, lanes: int) -> None:

@@ -32,6 +32,7 @@ from samizdat.client.attachments import AttachmentInfo
 from samizdat.client.connection import Connection, now_ms
 from samizdat.client.messaging import (
     KEEP_OLM_SESSIONS,
+    VerifiedCard,
     auth_proof,
     device_keys,
     open_entry,
@@ -371,6 +372,23 @@ class Client:
     def _save_contact(self, contact: Contact) -> None:
         self._store.put("contact", contact.cid, rec.encode(contact))
 
+    def _new_contact(self, verified: VerifiedCard, name: str, state: ContactState) -> Contact:
+        """Store (and index) a new contact made from a verified card."""
+        contact = Contact(
+            cid=secrets.token_bytes(16),
+            name=name,
+            state=state,
+            user_key=verified.device_list.user_key,
+            devices=verified.card.devices,
+            device_list_version=verified.device_list.version,
+            server_key=verified.descriptor.server_key,
+            server=verified.card.server,
+            token=verified.card.token,
+        )
+        self._save_contact(contact)
+        self._index_contact(contact)
+        return contact
+
     def _index_contact(self, contact: Contact) -> None:
         self._store.put("name", contact.name, contact.cid)
         self._store.put("user", contact.user_key, contact.cid)
@@ -411,19 +429,7 @@ class Client:
                 raise LocalError("a contact with this name already exists")
             if self._store.get("user", user_key) is not None:
                 raise LocalError("this person is already a contact (under another name)")
-            contact = Contact(
-                cid=secrets.token_bytes(16),
-                name=name,
-                state=ContactState.CONTACT,
-                user_key=user_key,
-                devices=verified.card.devices,
-                device_list_version=verified.device_list.version,
-                server_key=verified.descriptor.server_key,
-                server=verified.card.server,
-                token=verified.card.token,
-            )
-            self._save_contact(contact)
-            self._index_contact(contact)
+            self._new_contact(verified, name, ContactState.CONTACT)
 
     def contacts(self) -> list[ContactInfo]:
         """Contacts, requests and blocked users, by name."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -229,17 +228,5 @@ def sender_contact(client: Client, sender_key: bytes, payload: Payload) -> Conta
             client._index_contact(contact)
         listed = {d.identity_key for d in decode_device_list(contact.devices).devices}
         return contact if sender_key in listed else None
-    contact = Contact(
-        cid=secrets.token_bytes(16),
-        name=client._unique_name(payload.card.name or verified.device_list.display_name),
-        state=ContactState.REQUEST,
-        user_key=user_key,
-        devices=payload.card.devices,
-        device_list_version=verified.device_list.version,
-        server_key=verified.descriptor.server_key,
-        server=payload.card.server,
-        token=payload.card.token,
-    )
-    client._save_contact(contact)
-    client._index_contact(contact)
-    return contact
+    name = client._unique_name(payload.card.name or verified.device_list.display_name)
+    return client._new_contact(verified, name, ContactState.REQUEST)

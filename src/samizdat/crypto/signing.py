@@ -5,7 +5,7 @@ made for one purpose can never be replayed as another.
 
 Signing uses ``cryptography`` (OpenSSL); verifying uses vodozemac (ed25519-dalek's strict
 verification), which is ~2× faster: every login verifies a proof and every key upload one
-signature per key (docs/performance.md, "Third round: login"). Strict verification also
+signature per key (docs/performance.md, "Fourth round: login"). Strict verification also
 refuses what OpenSSL accepts but no honest signer produces: public keys or ``R`` of small
 order (for which anyone can forge) and non-canonical point encodings. Both refuse a
 non-canonical ``S``; both use the cofactorless equation.

@@ -384,7 +384,7 @@ class WsConnection(WSListener):
         kind = frame.msg_type
         if kind == WSMsgType.BINARY or kind == WSMsgType.TEXT:
             if self._parts is not None:
-                self._fail(WSCloseCode.PROTOCOL_ERROR)
+                self._close(WSCloseCode.PROTOCOL_ERROR)
                 return
             if not frame.fin:
                 self._parts = [frame.get_payload_as_bytes()]
@@ -395,12 +395,12 @@ class WsConnection(WSListener):
         elif kind == WSMsgType.CONTINUATION:
             parts = self._parts
             if parts is None:
-                self._fail(WSCloseCode.PROTOCOL_ERROR)
+                self._close(WSCloseCode.PROTOCOL_ERROR)
                 return
             part = frame.get_payload_as_bytes()
             self._parts_size += len(part)
             if self._parts_size > WS_MAX_SIZE:
-                self._fail(WSCloseCode.MESSAGE_TOO_BIG)
+                self._close(WSCloseCode.MESSAGE_TOO_BIG)
                 return
             parts.append(part)
             if frame.fin:
@@ -528,9 +528,6 @@ class WsConnection(WSListener):
         if code is not None:
             transport.send_close(code)
         transport.disconnect()
-
-    def _fail(self, code: WSCloseCode) -> None:
-        self._close(code)
 
     async def _closed(self, session: Session, worker: asyncio.Task[None] | None) -> None:
         self._pending = None

@@ -7,7 +7,7 @@ On first start in a data directory this creates:
   and is the only anchor a client trusts;
 * ``tls.pem`` / ``tls.key`` — the TLS leaf signed by that CA, presented by the server
   alone (every client has the CA from the descriptor: sending it too cost each client a
-  certificate decode, ~18 % of a reconnect's instructions, and ~500 bytes per handshake);
+  certificate decode and the CA's ~400 bytes per handshake);
   clients also pin the SHA-256 of its SubjectPublicKeyInfo.
 
 Later starts reuse them. The leaf is re-issued (and the pin changes) only when it is

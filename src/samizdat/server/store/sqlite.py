@@ -75,12 +75,11 @@ _MAX_SWEPT_DEVICES: Final = 100_000
 class _Job:
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
     #: Run with the result once committed, in commit order, before any caller resumes
     #: (keeps ``RecentEntries`` exact).
-    on_commit: Callable[[Any], None] | None = None
+    on_commit: Callable[[Any], None]
     #: False: this write may wait for a later batch's fsync (acknowledgements).
-    durable: bool = True
+    durable: bool
 
 
 _Outcome = tuple[_Job, Any, BaseException | None]
@@ -90,7 +89,7 @@ _Stored = tuple[bytes, MailboxEntry]
 
 def _resolve_all(outcomes: list[_Outcome]) -> None:
     for job, result, error in outcomes:
-        if error is None and job.on_commit is not None:
+        if error is None:
             job.on_commit(result)
     for job, result, error in outcomes:
         if job.future.cancelled():
@@ -148,11 +147,19 @@ class _GroupCommit:
     def __repr__(self) -> str:
         return f"_GroupCommit(pending={len(self._pending)}, committing={self._committing})"
 
-    def submit(self, job: _Job) -> None:
-        if job.loop is not self._loop:
+    def submit(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        on_commit: Callable[[Any], None],
+        durable: bool,
+    ) -> asyncio.Future[Any]:
+        """Queue ``fn`` for the next batch; its future resolves once that batch committed."""
+        if asyncio.get_running_loop() is not self._loop:
             raise LocalError("the store is used from one event loop only")
-        self._pending.append(job)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending.append(_Job(fn, future, on_commit, durable))
         self._schedule()
+        return future
 
     def _schedule(self) -> None:
         # On the next turn, not now: callers resumed by the last commit submit their next
@@ -341,11 +348,8 @@ class SqliteStore:
         """
         if self._writer is None:
             raise LocalError("store is not open")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_T] = loop.create_future()
-        job = _Job(fn, future, loop, on_commit or self._forget_recent, durable)
-        self._writer.submit(job)
-        return await future
+        result: _T = await self._writer.submit(fn, on_commit or self._forget_recent, durable)
+        return result
 
     def _forget_recent(self, _result: object) -> None:
         self._recent.clear()
