@@ -89,8 +89,17 @@ def can_pin() -> bool:
 
 
 def pin(pid: int, cores: set[int]) -> None:
-    """Run ``pid`` (0: this process) on ``cores`` only."""
-    os.sched_setaffinity(pid, cores)
+    """Run ``pid`` (0: this process) on ``cores`` only: every thread it has.
+
+    ``sched_setaffinity(pid)`` moves only the thread whose id is ``pid``; threads the
+    process started before (the SQLite committer) would go on running on any core, the
+    generators' included.
+    """
+    if pid == 0:
+        os.sched_setaffinity(0, cores)
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cores)
 
 
 def enable_pinning(server_pids: list[int], enabled: bool) -> str:

@@ -124,6 +124,18 @@ def _idle(out: str, _duration: float) -> list[Row]:
     ]
 
 
+def _tls_floor(out: str, _duration: float) -> list[Row]:
+    m = _search(rf"TLS 1.3 +[\d,]+ +{_NUMBER} +{_NUMBER} +{_NUMBER} +{_NUMBER}", out)
+    return [
+        Row(
+            "(a floor under both) OpenSSL alone, per TLS 1.3 connection",
+            f"{_num(m[1])} KiB of heap held by the server side; a full handshake "
+            f"{_num(m[3]):,.0f} µs of server CPU, {_num(m[4]):,.0f} µs of client CPU",
+            None,
+        )
+    ]
+
+
 def _storm(out: str, _duration: float) -> list[Row]:
     m = _search(rf"drained: (\d+) of (\d+) \((\d+) failed\) in {_NUMBER} s", out)
     cpu = _search(rf"server CPU {_NUMBER} ms each", out)
@@ -226,6 +238,7 @@ def main() -> None:
             _idle,
         ),
         ([*bench, "bench/reconnect_storm.py", "--devices", "10000", "--processes", "4"], _storm),
+        ([*bench, "bench/tls_floor.py"], _tls_floor),
         ([*bench, "bench/drain_backlog.py", "--queued", "1000", "--rounds", "5"], _drain),
         (
             [*bench, "bench/deposit_delivery.py", "--duration", d, "--rates", "200,500,1000"]
