@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import DOCS, load, machine, write_section  # noqa: E402
+from report import DOCS, Steal, load, loop_speed, machine, write_section  # noqa: E402
 
 __all__ = ["Row", "main"]
 
@@ -199,13 +199,16 @@ def _group(out: str, _duration: float) -> list[Row]:
     ]
 
 
-def _run(command: list[str]) -> str:
+def _run(command: list[str], commands: list[str]) -> str:
+    """Run one bench; note it in ``commands`` with the steal during it."""
     print(f"$ {shlex.join(command)}", flush=True)
+    steal = Steal()
     done = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False
     )
     if done.returncode != 0:
         raise SystemExit(f"{command[1]} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    commands.append(f"{shlex.join(command[2:])}   # steal {steal.percent():.1f} %")
     return done.stdout
 
 
@@ -249,15 +252,14 @@ def main() -> None:
     ]
     started = datetime.datetime.now(datetime.UTC)
     load_before = load()
+    speed_before = loop_speed()
     rows: list[Row] = []
     commands: list[str] = []
+    steal = Steal()
     for command, read in runs:
-        out = _run(command)
-        commands.append(shlex.join(command[2:]))
-        rows.extend(read(out, args.duration))
+        rows.extend(read(_run(command, commands), args.duration))
     hop = [*bench, "bench/redis_hop.py", "--rates", "200,500,1000", "--duration", "6"]
-    via, same = _run(hop), _run([*hop, "--same-node"])
-    commands += [shlex.join(hop[2:]), shlex.join([*hop[2:], "--same-node"])]
+    via, same = _run(hop, commands), _run([*hop, "--same-node"], commands)
     rows.extend(_redis_hop(via, same))
 
     table = ["| target | measured | met |", "|---|---|---|"]
@@ -267,14 +269,19 @@ def main() -> None:
             SECTION,
             "",
             f"Run {started:%Y-%m-%d %H:%M} UTC on {machine()}; load average (1/5/15 min) "
-            f"before {load_before}, after {load()}. Server on core 0, load generators on "
+            f"before {load_before}, after {load()}; the hypervisor took {steal.percent():.1f} % "
+            "of the VM's CPU time during the run (steal, `/proc/stat`; per bench below); a "
+            f"bare Python loop on core 0 ran {speed_before:.2f} M iterations/s before and "
+            f"{loop_speed():.2f} after (`report.loop_speed`: this VM's speed drifts). "
+            "Server on core 0, load generators on "
             "core 1, SQLite `synchronous=FULL` unless said otherwise. Written by "
             "`.venv/bin/python bench/targets.py --write-docs`; the sections below explain "
             "the figures and what stands between them and the targets.",
             "",
             *table,
             "",
-            "Commands, in this order (each prints more than the line quoted above):",
+            "Commands, in this order (each prints more than the line quoted above), with the "
+            "steal during each:",
             "",
             *(f"    .venv/bin/python {c}" for c in commands),
             "",

@@ -50,7 +50,7 @@ from deposit_delivery import (  # noqa: E402
     _setup,
 )
 from rawclient import start_server  # noqa: E402
-from report import DOCS, load, machine, write_section  # noqa: E402
+from report import DOCS, Steal, load, machine, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## Side by side with peers (issue 7)"
@@ -183,6 +183,7 @@ def main() -> None:
 
     started = datetime.datetime.now(datetime.UTC)
     load_before = load()
+    steal = Steal()
     wanted = set((args.only or "samizdat,synapse,ejabberd").split(","))
     with tempfile.TemporaryDirectory(prefix="samizdat-peers-") as tmp:
         work = Path(tmp)
@@ -224,7 +225,8 @@ def main() -> None:
 - measured: {started:%Y-%m-%d %H:%M} UTC, from one run of
   `{command.strip()}`
 - machine: {machine()}
-- load average (1/5/15 min) before the run: {load_before}; after it: {load()}
+- load average (1/5/15 min) before the run: {load_before}; after it: {load()}; steal (CPU
+  time the hypervisor gave to others) during it: {steal.percent():.1f} %
 
 {summary}
 

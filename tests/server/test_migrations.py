@@ -136,6 +136,28 @@ async def test_sqlite_upgrade_in_place(tmp_path: Path) -> None:
         assert "one_time_keys_by_device" in indexes
         # The fan-out's body is one row, its two entries point at it.
         assert conn.execute("SELECT body, refs FROM bodies").fetchall() == [(b"fanned out", 2)]
+        # Migration 5: entries in a rowid table, no longer an index b-tree (overflow pages).
+        (table_sql,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'mailbox_entries'"
+        ).fetchone()
+        assert "WITHOUT ROWID" not in table_sql.upper()
+        sharing = conn.execute(
+            "SELECT device_id, seq FROM mailbox_entries WHERE body_id IS NOT NULL"
+        ).fetchall()
+    finally:
+        conn.close()
+    # The rebuilt table's trigger drops the body with the last entry that points at it.
+    assert len(sharing) == 2
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        for device_id, seq in sharing:
+            assert await store.ack(device_id, seq, NOW_MS) >= 1
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM bodies").fetchone() == (0,)
     finally:
         conn.close()
 

@@ -125,4 +125,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             END""",
         ),
     ),
+    Migration(
+        5,
+        (
+            # mailbox_entries as a rowid table: a WITHOUT ROWID table keeps its rows in an
+            # index b-tree, where a cell holds at most ~1,000 bytes of a 4 KiB page, so every
+            # entry with a 1 KiB body spilled into an overflow page of its own, which its
+            # insert allocated, its delete freed and zeroed (secure_delete) and the release
+            # trigger read back: SQLite's statements per envelope took about twice the time
+            # (docs/performance.md, "Fifth round"). Rows are copied in key order; the old
+            # table's trigger goes first so that dropping the table releases no body.
+            "DROP TRIGGER mailbox_entries_release_body",
+            """CREATE TABLE mailbox_entries_v5 (
+                id INTEGER PRIMARY KEY,
+                device_id BLOB NOT NULL,
+                seq INTEGER NOT NULL,
+                msg_id BLOB NOT NULL,
+                body BLOB NOT NULL,
+                received_at INTEGER NOT NULL,
+                expires_at INTEGER,
+                body_id INTEGER,
+                UNIQUE (device_id, seq)
+            )""",
+            "INSERT INTO mailbox_entries_v5"
+            " (device_id, seq, msg_id, body, received_at, expires_at, body_id)"
+            " SELECT device_id, seq, msg_id, body, received_at, expires_at, body_id"
+            " FROM mailbox_entries ORDER BY device_id, seq",
+            "DROP TABLE mailbox_entries",
+            "ALTER TABLE mailbox_entries_v5 RENAME TO mailbox_entries",
+            "CREATE INDEX mailbox_entries_by_expiry ON mailbox_entries (expires_at)"
+            " WHERE expires_at IS NOT NULL",
+            """CREATE TRIGGER mailbox_entries_release_body AFTER DELETE ON mailbox_entries
+            WHEN OLD.body_id IS NOT NULL BEGIN
+                UPDATE bodies SET refs = refs - 1 WHERE id = OLD.body_id;
+                DELETE FROM bodies WHERE id = OLD.body_id AND refs <= 0;
+            END""",
+        ),
+    ),
 )
