@@ -51,8 +51,8 @@ def loop_speed(seconds: float = 2.0) -> float:
 class Steal:
     """The share of this VM's CPU time the hypervisor gave to others since it was made.
 
-    A busy host slows every figure a bench prints (this VM's saturation moved by a third
-    within one afternoon), so the reports say how much was taken while they ran.
+    A busy host slows every figure a bench prints; steal is the part of that the guest can
+    see (``loop_speed`` shows the rest), so the reports say how much was taken while they ran.
     """
 
     def __init__(self) -> None:
