@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from openloop import cpu_seconds  # noqa: E402
+from openloop import cpu_seconds, rss_kib  # noqa: E402
 from rawclient import (  # noqa: E402
     SOURCES,
     BenchError,
@@ -34,13 +34,6 @@ from rawclient import (  # noqa: E402
     start_py_spy,
     stop_py_spy,
 )
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise SystemExit("no VmRSS")
 
 
 async def _hold(link: str, count: int, offset: int, hold: Any, done: Any) -> None:

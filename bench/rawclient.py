@@ -95,10 +95,7 @@ def pin(pid: int, cores: set[int]) -> None:
     process started before (the SQLite committer) would go on running on any core, the
     generators' included.
     """
-    if pid == 0:
-        os.sched_setaffinity(0, cores)
-        return
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for task in Path(f"/proc/{pid or os.getpid()}/task").iterdir():
         os.sched_setaffinity(int(task.name), cores)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from openloop import rss_kib  # noqa: E402
 from samizdat.client.app import Client  # noqa: E402
 from samizdat.protocol.descriptor import open_descriptor  # noqa: E402
 from samizdat.protocol.links import decode_server_link  # noqa: E402
@@ -38,13 +39,6 @@ from tests.censorship.net import ServerProc, free_port  # noqa: E402
 from tests.relay.conftest import RelayProc  # noqa: E402
 
 PASS = "bench passphrase"
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 async def _pair(tmp: Path, tag: str, link: str, options: TransportOptions) -> tuple[Client, Client]:
@@ -134,13 +128,13 @@ async def main(args: argparse.Namespace) -> None:
             descriptor = open_descriptor(decode_server_link(relayed_srv.link).descriptor, now_ms())
             context = server_context(descriptor)
             await asyncio.sleep(0.5)
-            before = _rss_kib(relay.proc.pid)
+            before = rss_kib(relay.proc.pid)
             tunnels: list[Stream] = []
             for _ in range(args.tunnels):
                 t = await open_relay(relay.link, descriptor.server_key, now_ms(), 10)
                 tunnels.append(await tls_over(t, context, None, descriptor.tls_pin, 10))
             await asyncio.sleep(0.5)
-            after = _rss_kib(relay.proc.pid)
+            after = rss_kib(relay.proc.pid)
             print(
                 f"relay memory: {before} KiB idle, {after} KiB with {args.tunnels} tunnels: "
                 f"{(after - before) / args.tunnels:.1f} KiB per tunnel"

@@ -1,14 +1,15 @@
 """SQLite's own statements per envelope, on the schema as each migration left it.
 
-The store's statements for one envelope — the msg_id row, the mailbox counter, the entry;
-then the acknowledgement's delete and counter update — in a bare ``sqlite3`` loop, with no
-session, event loop or network: 50 devices, ``--body``-byte bodies, ten envelopes per
-transaction, each envelope acknowledged right after the next one is deposited. Every schema
-version given (``--versions``; built with the migrations up to it, as ``SqliteStore`` opens
-it: WAL, ``secure_delete``, foreign keys) runs in the same process, interleaved in rounds of
-``--round`` envelopes, so that this VM's drifting speed hits them alike; prints the median
-µs per statement and per envelope over the rounds, and the WAL pages each envelope wrote.
-``synchronous=OFF`` and no checkpoints: the figure is the statements' CPU, not the disk's.
+The store's statements for one envelope (the strings ``server/store/sqlite.py`` runs): the
+msg_id row, the mailbox counter, the entry; then the acknowledgement's delete and counter
+update. They run in a bare ``sqlite3`` loop, with no session, event loop or network: 50
+devices, ``--body``-byte bodies, ten envelopes per transaction, each envelope acknowledged
+right after the next one is deposited. Every schema version given (``--versions``; built
+with the migrations up to it, with the store's pragmas: WAL, ``secure_delete``, foreign
+keys) runs in the same process, interleaved in rounds of ``--round`` envelopes, so that this
+VM's drifting speed hits them alike; prints the median µs per statement and per envelope
+over the rounds, and the WAL pages each envelope wrote. ``synchronous=OFF`` and no
+checkpoints: the figure is the statements' CPU, not the disk's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ import time
 from pathlib import Path
 
 from samizdat.server.store.migrations import MIGRATIONS
-from samizdat.server.store.sqlite import migrate
+from samizdat.server.store.sqlite import (
+    DELETE_ACKED,
+    INSERT_ENTRY,
+    INSERT_MSG_ID,
+    NEXT_SEQ,
+    SHRINK_MAILBOX,
+    migrate,
+)
 
 _DEVICES = 50
 _PER_COMMIT = 10
@@ -59,23 +67,11 @@ class _Schema:
             device = self.devices[self.count % _DEVICES]
             now = self.count
             t0 = time.perf_counter()
-            conn.execute(
-                "INSERT OR IGNORE INTO msg_ids VALUES (?, ?, ?)", (device, os.urandom(16), now)
-            )
+            conn.execute(INSERT_MSG_ID, (device, os.urandom(16), now))
             t1 = time.perf_counter()
-            seq, _size = conn.execute(
-                "INSERT INTO mailboxes VALUES (?, 1, 1) ON CONFLICT (device_id)"
-                " DO UPDATE SET last_seq = last_seq + 1, size = size + 1"
-                " RETURNING last_seq, size",
-                (device,),
-            ).fetchone()
+            seq, _size = conn.execute(NEXT_SEQ, (device,)).fetchone()
             t2 = time.perf_counter()
-            conn.execute(
-                "INSERT INTO mailbox_entries"
-                " (device_id, seq, msg_id, body, received_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (device, seq, os.urandom(16), self.body, now, None),
-            )
+            conn.execute(INSERT_ENTRY, (device, seq, os.urandom(16), self.body, now, None))
             t3 = time.perf_counter()
             spent["msg_id"] += t1 - t0
             spent["counter"] += t2 - t1
@@ -83,15 +79,9 @@ class _Schema:
             if unacked is not None:
                 acked_device, up_to = unacked
                 t4 = time.perf_counter()
-                deleted = conn.execute(
-                    "DELETE FROM mailbox_entries WHERE device_id = ? AND seq <= ?",
-                    (acked_device, up_to),
-                ).rowcount
+                deleted = conn.execute(DELETE_ACKED, (acked_device, up_to)).rowcount
                 t5 = time.perf_counter()
-                conn.execute(
-                    "UPDATE mailboxes SET size = size - ? WHERE device_id = ?",
-                    (deleted, acked_device),
-                )
+                conn.execute(SHRINK_MAILBOX, (deleted, acked_device))
                 spent["ack"] += t5 - t4
                 spent["ack counter"] += time.perf_counter() - t5
             unacked = (device, seq)

@@ -4,10 +4,11 @@
 
 Runs the benches one after the other (never two at once; each pins the server to core 0
 and its load generators to core 1), reads the figures they print, and prints a table of
-target, measured value and whether it is met, with the machine, the load average and the
-exact commands. ``--write-docs`` replaces the section "Issue 7 targets, one run" of
-docs/performance.md. Nothing here measures anything itself: the benches' own output
-(bench/README.md) is the record, and this file only reads the lines it quotes.
+target, measured value and whether it is met, with the machine, the load average, the steal
+and a loop-speed probe (this VM's speed drifts), and the exact commands. ``--write-docs``
+replaces the section "Issue 7 targets, one run" of docs/performance.md. Nothing here
+measures the server itself: the benches' own output (bench/README.md) is the record, and
+this file only reads the lines it quotes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ SECTION = "## Issue 7 targets, one run of bench/targets.py"
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 _NUMBER = r"([\d,]+(?:\.\d+)?)"
+#: bench/deposit_delivery.py's saturation line: deposits/s, server µs per deposit.
+_SATURATION = rf"saturation: {_NUMBER} envelopes/s durable .*?, {_NUMBER} us per deposit"
 
 
 def _num(text: str) -> float:
@@ -75,7 +78,7 @@ def _search(pattern: str, out: str) -> re.Match[str]:
 
 
 def _one_to_one(out: str, duration: float) -> list[Row]:
-    sat = _search(rf"saturation: {_NUMBER} envelopes/s durable .*?, {_NUMBER} us per deposit", out)
+    sat = _search(_SATURATION, out)
     at = {r.offered: r for r in _rates(out)}
     rows = [
         Row(
@@ -176,7 +179,7 @@ def _redis_hop(via: str, same: str) -> list[Row]:
 
 
 def _two_nodes(out: str, _duration: float) -> list[Row]:
-    sat = _search(rf"saturation: {_NUMBER} envelopes/s durable .*?, {_NUMBER} us per deposit", out)
+    sat = _search(_SATURATION, out)
     steps = ", ".join(f"{r.offered:,.0f}/s p50 {r.p50} p99 {r.p99} ms" for r in _rates(out))
     return [
         Row(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import os
 import ssl
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from openloop import rss_kib
 from samizdat.server.identity import load_or_create_identity
 
 
@@ -58,13 +60,6 @@ def heap_in_use() -> int:
     """Bytes glibc's malloc has handed out and not had back (main arena and mmaps)."""
     info = _libc.mallinfo2()
     return int(info.uordblks + info.hblkhd)
-
-
-def rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise SystemExit("no VmRSS")
 
 
 Kept = tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]
@@ -119,11 +114,11 @@ def measure(
     warm = _Clock()
     kept = [_connect(server, client, warm) for _ in range(50)]  # allocator and caches
     gc.collect()
-    heap0, rss0 = heap_in_use(), rss_kib()
+    heap0, rss0 = heap_in_use(), rss_kib(os.getpid())
     clock = _Clock()
     kept += [_connect(server, client, clock) for _ in range(count)]
     gc.collect()
-    heap1, rss1 = heap_in_use(), rss_kib()
+    heap1, rss1 = heap_in_use(), rss_kib(os.getpid())
     del kept
     return (
         (heap1 - heap0) / count / 1024,

@@ -372,18 +372,31 @@ class Client:
     def _save_contact(self, contact: Contact) -> None:
         self._store.put("contact", contact.cid, rec.encode(contact))
 
-    def _new_contact(self, verified: VerifiedCard, name: str, state: ContactState) -> Contact:
-        """Store (and index) a new contact made from a verified card."""
+    def _new_contact(
+        self,
+        card: VerifiedCard,
+        name: str,
+        state: ContactState,
+        *,
+        our_token: bytes | None = None,
+        answered: bool = False,
+        verified: bool = False,
+    ) -> Contact:
+        """Store (and index) a new contact made from a verified card (the keyword fields:
+        a contact synced from another of our devices, as it stands there)."""
         contact = Contact(
             cid=secrets.token_bytes(16),
             name=name,
             state=state,
-            user_key=verified.device_list.user_key,
-            devices=verified.card.devices,
-            device_list_version=verified.device_list.version,
-            server_key=verified.descriptor.server_key,
-            server=verified.card.server,
-            token=verified.card.token,
+            user_key=card.device_list.user_key,
+            devices=card.card.devices,
+            device_list_version=card.device_list.version,
+            server_key=card.descriptor.server_key,
+            server=card.card.server,
+            token=card.card.token,
+            our_token=our_token,
+            answered=answered,
+            verified=verified,
         )
         self._save_contact(contact)
         self._index_contact(contact)

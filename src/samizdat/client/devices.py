@@ -476,22 +476,14 @@ def apply_sync(client: Client, items: list[SyncItem]) -> None:
                     continue
                 if client._store.get("user", verified.device_list.user_key) is not None:
                     continue
-                contact = rec.Contact(
-                    cid=secrets.token_bytes(16),
-                    name=client._unique_name(sc.name),
-                    state=rec.ContactState(sc.state),
-                    user_key=verified.device_list.user_key,
-                    devices=sc.card.devices,
-                    device_list_version=verified.device_list.version,
-                    server_key=verified.descriptor.server_key,
-                    server=sc.card.server,
-                    token=sc.card.token,
+                client._new_contact(
+                    verified,
+                    client._unique_name(sc.name),
+                    rec.ContactState(sc.state),
                     our_token=sc.our_token,
                     answered=sc.answered,
                     verified=sc.verified,
                 )
-                client._save_contact(contact)
-                client._index_contact(contact)
             for sg in item.groups:
                 install_synced_group(client, sg)
         for h in item_history(items):

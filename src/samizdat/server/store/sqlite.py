@@ -70,6 +70,25 @@ _MSG_ID_SWEEP_MS: Final = 3600 * 1000
 #: Devices whose last sweep is remembered; past this all are forgotten (and swept again).
 _MAX_SWEPT_DEVICES: Final = 100_000
 
+# The statements of every envelope (bench/sqlite_statements.py times these very strings).
+#: Deposit: remember the msg_id (no row: a duplicate).
+INSERT_MSG_ID: Final = "INSERT OR IGNORE INTO msg_ids VALUES (?, ?, ?)"
+#: Deposit: the next seq and the size after it, creating the mailbox if need be.
+NEXT_SEQ: Final = (
+    "INSERT INTO mailboxes VALUES (?, 1, 1) ON CONFLICT (device_id)"
+    " DO UPDATE SET last_seq = last_seq + 1, size = size + 1"
+    " RETURNING last_seq, size"
+)
+#: Deposit: the entry with its body inline.
+INSERT_ENTRY: Final = (
+    "INSERT INTO mailbox_entries (device_id, seq, msg_id, body, received_at, expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+#: Acknowledgement: the entries up to a seq.
+DELETE_ACKED: Final = "DELETE FROM mailbox_entries WHERE device_id = ? AND seq <= ?"
+#: Acknowledgement: the mailbox's size after it.
+SHRINK_MAILBOX: Final = "UPDATE mailboxes SET size = size - ? WHERE device_id = ?"
+
 
 @dataclass
 class _Job:
@@ -616,20 +635,12 @@ class SqliteStore:
             # id(body) -> [bodies.id, entries pointing at it]
             body_rows: dict[int, list[int]] = {}
             for item in items:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO msg_ids VALUES (?, ?, ?)",
-                    (item.device_id, item.msg_id, now_ms),
-                )
+                cur = conn.execute(INSERT_MSG_ID, (item.device_id, item.msg_id, now_ms))
                 if cur.rowcount == 0:
                     duplicates += 1
                     continue
                 # One statement takes the next seq (creating the mailbox if need be).
-                seq, size = conn.execute(
-                    "INSERT INTO mailboxes VALUES (?, 1, 1) ON CONFLICT (device_id)"
-                    " DO UPDATE SET last_seq = last_seq + 1, size = size + 1"
-                    " RETURNING last_seq, size",
-                    (item.device_id,),
-                ).fetchone()
+                seq, size = conn.execute(NEXT_SEQ, (item.device_id,)).fetchone()
                 if size > max_mailbox:
                     # Raising rolls back this whole deposit (its SAVEPOINT), nothing else.
                     raise ProtocolError(ErrorCode.QUOTA, "mailbox is full")
@@ -650,9 +661,7 @@ class SqliteStore:
                     )
                 else:
                     conn.execute(
-                        "INSERT INTO mailbox_entries"
-                        " (device_id, seq, msg_id, body, received_at, expires_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        INSERT_ENTRY,
                         (item.device_id, seq, item.msg_id, item.body, now_ms, item.expires_at),
                     )
                 news[item.device_id] = seq
@@ -694,15 +703,10 @@ class SqliteStore:
 
     async def ack(self, device_id: bytes, up_to: int, now_ms: int) -> int:
         def run(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "DELETE FROM mailbox_entries WHERE device_id = ? AND seq <= ?", (device_id, up_to)
-            )
+            cur = conn.execute(DELETE_ACKED, (device_id, up_to))
             deleted = cur.rowcount
             if deleted:
-                conn.execute(
-                    "UPDATE mailboxes SET size = size - ? WHERE device_id = ?",
-                    (deleted, device_id),
-                )
+                conn.execute(SHRINK_MAILBOX, (deleted, device_id))
             swept = self._msg_ids_swept
             if now_ms - swept.get(device_id, -_MSG_ID_SWEEP_MS) >= _MSG_ID_SWEEP_MS:
                 if len(swept) >= _MAX_SWEPT_DEVICES:
