@@ -14,8 +14,10 @@ attempted message ends up acknowledged; ``retried`` counts those whose first try
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -87,6 +89,7 @@ class Outcome:
             f"order_violations={self.order_violations} "
             f"kills={self.kills} seconds={self.seconds:.1f}"
             + "".join(f" {k}={n}" for k, n in sorted(self.faults.items()) if k != "kill")
+            + "".join(f"\n  {note}" for note in self.notes)
         )
 
 
@@ -121,6 +124,17 @@ def classify(
     out.unexpected = len(seen.keys() - attempted)
     out.recovered = len((seen.keys() & attempted) - acked)
     return out
+
+
+class _LogCounter(logging.Handler):
+    """Counts the clients' log records (INFO and up) by logger and message template."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counts[f"{record.name}: {record.msg}"] += 1
 
 
 def _in_outbox(client: Client, text: str) -> bool:
@@ -209,6 +223,11 @@ async def run_workload(
     """
     rng = random.Random(seed)
     started = time.monotonic()
+    client_log = _LogCounter()
+    client_logger = logging.getLogger("samizdat.client")
+    level = client_logger.level
+    client_logger.addHandler(client_log)
+    client_logger.setLevel(logging.INFO)
     homes = list(links) or [server.link]
     clients = [await _pair(root, homes[i % len(homes)], i, transport) for i in range(pairs)]
     attempted: set[tuple[int, int]] = set()
@@ -267,6 +286,13 @@ async def run_workload(
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)  # let a straggling duplicate show itself
+        notes = _where_missing(clients, acked, received)
+        # A receiver stops only when cancelled below; anything else is a bug to report.
+        notes += [
+            f"receiver {i} died: {task.exception()!r}"
+            for i, task in enumerate(receivers)
+            if task.done() and not task.cancelled() and task.exception() is not None
+        ]
     finally:
         for task in receivers:
             task.cancel()
@@ -274,9 +300,38 @@ async def run_workload(
         for sender_client, recipient in clients:
             await sender_client.close()
             await recipient.close()
+        client_logger.removeHandler(client_log)
+        client_logger.setLevel(level)
     out = classify(attempted, acked, received)
     out.retried = len(retried)
     out.kills = killed
     out.faults = faults
     out.seconds = time.monotonic() - started
+    out.notes = notes
+    if out.lost:
+        # What the clients logged (an entry that did not open, a resend that failed...).
+        out.notes += [f"{n} x {what}" for what, n in client_log.counts.most_common(12)]
     return out
+
+
+def _where_missing(
+    clients: list[tuple[Client, Client]],
+    acked: set[tuple[int, int]],
+    received: list[list[str]],
+) -> list[str]:
+    """For each acknowledged message that did not arrive: where it is, so that a failure
+    says whether the server lost it, the recipient stored it without ``listen`` yielding
+    it, or a receiver stopped (its task died)."""
+    got = {text for texts in received for text in texts}
+    notes = []
+    for i, seq in sorted(acked):
+        text = stamp(i, seq)
+        if text in got:
+            continue
+        sender, recipient = clients[i]
+        stored = any(
+            item.text == text for c in recipient.contacts() for item in recipient.history(c.name)
+        )
+        queued = _in_outbox(sender, text)
+        notes.append(f"({i},{seq}) in recipient history={stored} in sender outbox={queued}")
+    return notes

@@ -18,7 +18,9 @@ import pytest
 
 from samizdat.client.app import Client, Received
 from samizdat.server.identity import load_or_create_identity
+from tests.abuse.test_key_claims import BUDGET, claim_ids, device_with_keys
 from tests.e2e.harness import PASSPHRASE, ServerProcess, free_port
+from tests.e2e.raw import RawConnection
 from tests.server.services import PG_DSN, REDIS_URL, drop_pg_schema
 
 #: Longest a pushed message may take to arrive (generous for a loaded CI machine).
@@ -135,3 +137,20 @@ async def test_live_across_nodes_then_node_a_dies(tmp_path: Path, cluster: Clust
         assert await conn.fetchval("SELECT count(*) FROM mailboxes") >= 2
     finally:
         await conn.close()
+
+
+async def test_one_claim_budget_across_nodes(cluster: Cluster) -> None:
+    """A requester that spreads its key claims over both nodes gets one budget, not two
+    (the buckets are in Redis: server/budgets.py)."""
+    device, (token,) = await device_with_keys(cluster.a.link, 1)
+    via_a = await RawConnection.open(cluster.a.link)
+    via_b = await RawConnection.open(cluster.b.link)
+    try:
+        claimed = []
+        for i in range(BUDGET + 4):
+            claimed += await claim_ids(via_a if i % 2 else via_b, token, device, 1)
+    finally:
+        await via_a.close()
+        await via_b.close()
+    assert claimed[:BUDGET] == [f"k{i:03}" for i in range(BUDGET)]
+    assert claimed[BUDGET:] == ["fallback:fb"] * 4

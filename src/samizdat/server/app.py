@@ -36,6 +36,7 @@ from samizdat.protocol.descriptor import Descriptor, SignedDescriptor
 from samizdat.protocol.links import decode_relay_link
 from samizdat.protocol.relay import RelayLink
 from samizdat.server.blobs import DEFAULT_BLOB_QUOTA, BlobPolicy, BlobService, make_blob_store
+from samizdat.server.budgets import ClaimBudgets, LocalClaimBudgets, RedisClaimBudgets
 from samizdat.server.bus.base import Bus
 from samizdat.server.bus.local import LocalBus
 from samizdat.server.bus.redis import RedisBus
@@ -49,7 +50,7 @@ from samizdat.server.identity import (
 )
 from samizdat.server.poll import PollSessions
 from samizdat.server.ratelimit import KeyedBuckets, RateLimits
-from samizdat.server.session import ConsumerRegistry, SessionDeps, new_claim_budgets
+from samizdat.server.session import ConsumerRegistry, SessionDeps
 from samizdat.server.store.base import Store
 from samizdat.server.store.postgres import PostgresStore
 from samizdat.server.store.sqlite import SqliteStore
@@ -249,6 +250,7 @@ class RunningServer:
             await self._front.close()
         await self._polls.close_all()
         await self._bus.close()
+        await self._deps.claim_budgets.close()
         if self.blobs is not None:
             await self.blobs.close()
         await self.store.close()
@@ -414,6 +416,12 @@ async def start(config: ServerConfig) -> RunningServer:
         await store.close()
         raise
     rate_limits = config.rate_limits
+    # Several nodes share one claim budget per requester, else n nodes would grant n.
+    claim_budgets: ClaimBudgets = (
+        LocalClaimBudgets(rate_limits)
+        if config.bus_url is None
+        else RedisClaimBudgets(config.bus_url, rate_limits)
+    )
     deps = SessionDeps(
         store=store,
         bus=bus,
@@ -428,7 +436,7 @@ async def start(config: ServerConfig) -> RunningServer:
         monotonic=time.monotonic,
         now_ms=lambda: int(time.time() * 1000),
         random_bytes=secrets.token_bytes,
-        claim_budgets=new_claim_budgets(rate_limits),
+        claim_budgets=claim_budgets,
         blobs=blobs,
     )
     stats = ConnectionStats()
@@ -460,6 +468,7 @@ async def start(config: ServerConfig) -> RunningServer:
     if task.done():
         sock.close()
         await bus.close()
+        await claim_budgets.close()
         await blobs.close()
         await store.close()
         task.result()

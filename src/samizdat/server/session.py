@@ -40,12 +40,13 @@ from samizdat.protocol.keys import (
     verify_signed_key,
 )
 from samizdat.server.blobs import BlobService
+from samizdat.server.budgets import ClaimBudgets, LocalClaimBudgets
 from samizdat.server.bus.base import Bus, Subscription
 from samizdat.server.outbox import Outbox
 from samizdat.server.ratelimit import KeyedBuckets, RateLimits, TokenBucket
 from samizdat.server.store.base import DepositItem, KeyCounts, MailboxEntry, Store
 
-__all__ = ["SessionDeps", "ConsumerRegistry", "Session", "new_claim_budgets", "token_hash"]
+__all__ = ["SessionDeps", "ConsumerRegistry", "Session", "token_hash"]
 
 _log = logging.getLogger(__name__)
 
@@ -58,13 +59,6 @@ _ENTRY_OVERHEAD: Final = 96
 _TOKEN_HASHES_HELD: Final = 16
 #: Deposits of one connection waiting for their commit at once; the next one waits.
 PIPELINE_DEPTH: Final = 16
-
-
-def new_claim_budgets(rate_limits: RateLimits) -> KeyedBuckets:
-    """The per-(token, device) one-time key claim budgets of one node."""
-    return KeyedBuckets(
-        rate_limits.claim_rate, rate_limits.claim_burst, rate_limits.max_tracked_tokens
-    )
 
 
 def token_hash(token: bytes) -> bytes:
@@ -113,7 +107,7 @@ class SessionDeps:
     now_ms: Callable[[], int]
     random_bytes: Callable[[int], bytes]
     #: One-time key claims per (token hash, device id); see RateLimits.claim_rate.
-    claim_budgets: KeyedBuckets = field(default_factory=lambda: new_claim_budgets(RateLimits()))
+    claim_budgets: ClaimBudgets = field(default_factory=lambda: LocalClaimBudgets(RateLimits()))
     #: Attachment blobs (server/blobs.py); None: blob frames answer ``not_found``.
     blobs: BlobService | None = None
 
@@ -500,8 +494,8 @@ class Session:
             raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "not a registered device of this user")
         # Over its budget a requester gets the fallback key: it can still start a session,
         # but cannot drain the one-time keys other senders need (docs/security.md).
-        within_budget = self._deps.claim_budgets.allow(
-            self._hash_of(frame.token) + frame.device_id, self._deps.monotonic()
+        within_budget = await self._deps.claim_budgets.allow(
+            self._hash_of(frame.token) + frame.device_id
         )
         key = await self._deps.store.claim_key(frame.device_id, one_time=within_budget)
         if key is None:
