@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -286,7 +287,7 @@ async def run_workload(
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)  # let a straggling duplicate show itself
-        notes = _where_missing(clients, acked, received)
+        notes = _where_missing(clients, acked, received, server)
         # A receiver stops only when cancelled below; anything else is a bug to report.
         notes += [
             f"receiver {i} died: {task.exception()!r}"
@@ -311,17 +312,32 @@ async def run_workload(
     if out.lost:
         # What the clients logged (an entry that did not open, a resend that failed...).
         out.notes += [f"{n} x {what}" for what, n in client_log.counts.most_common(12)]
+        out.notes += _server_warnings(server)
     return out
+
+
+def _server_warnings(server: ServerProcess) -> list[str]:
+    """The server's WARNING and ERROR lines (one file across restarts), counted."""
+    if not server.log_path.exists():
+        return []
+    counts: collections.Counter[str] = collections.Counter()
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        _, _, rest = line.partition(",")  # after the date and time
+        level, _, message = rest.partition(" ")[2].partition(" ")
+        if level in ("WARNING", "ERROR", "CRITICAL"):
+            counts[f"server {level}: {message}"] += 1
+    return [f"{n} x {what}" for what, n in counts.most_common(12)]
 
 
 def _where_missing(
     clients: list[tuple[Client, Client]],
     acked: set[tuple[int, int]],
     received: list[list[str]],
+    server: ServerProcess,
 ) -> list[str]:
     """For each acknowledged message that did not arrive: where it is, so that a failure
-    says whether the server lost it, the recipient stored it without ``listen`` yielding
-    it, or a receiver stopped (its task died)."""
+    says whether the server lost it, holds it undelivered, or the recipient took it
+    without ``listen`` yielding it."""
     got = {text for texts in received for text in texts}
     notes = []
     for i, seq in sorted(acked):
@@ -333,5 +349,27 @@ def _where_missing(
             item.text == text for c in recipient.contacts() for item in recipient.history(c.name)
         )
         queued = _in_outbox(sender, text)
-        notes.append(f"({i},{seq}) in recipient history={stored} in sender outbox={queued}")
+        notes.append(
+            f"({i},{seq}) in recipient history={stored} in sender outbox={queued}; "
+            + _mailbox(server, recipient)
+        )
     return notes
+
+
+def _mailbox(server: ServerProcess, recipient: Client) -> str:
+    """The recipient's cursor against its mailbox in the server's SQLite database."""
+    raw = recipient._store.get("cursor", "")  # noqa: SLF001
+    cursor = int.from_bytes(raw, "big") if raw else 0
+    database = server.data_dir / "server.db"
+    if not database.exists():
+        return f"cursor={cursor}"
+    device_id = recipient._identity.device_id  # noqa: SLF001
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        last = db.execute(
+            "SELECT last_seq FROM mailboxes WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        held = db.execute(
+            "SELECT count(*), min(seq), max(seq) FROM mailbox_entries WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+    return f"cursor={cursor} server last_seq={last and last[0]} entries (n, min, max)={held}"
