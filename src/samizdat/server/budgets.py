@@ -31,6 +31,8 @@ __all__ = ["ClaimBudgets", "LocalClaimBudgets", "RedisClaimBudgets"]
 _log = logging.getLogger(__name__)
 
 _PREFIX: Final = b"samizdat:budget:"
+#: Seconds a claim waits for Redis before it is answered the fallback key.
+_TIMEOUT: Final = 2.0
 
 #: KEYS[1] the bucket; ARGV rate, burst, now (seconds). Returns 1 if a claim may take a
 #: one-time key. Numbers are written with 17 significant digits so that every double
@@ -90,7 +92,10 @@ class RedisClaimBudgets:
     def __init__(
         self, url: str, limits: RateLimits, clock: Callable[[], float] = time.time
     ) -> None:
-        self._client = aioredis.Redis.from_url(url)
+        # A Redis that does not answer must not hold a claim past the client's patience.
+        self._client = aioredis.Redis.from_url(
+            url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT
+        )
         self._take = self._client.register_script(_TAKE)
         self._rate = limits.claim_rate
         self._burst = limits.claim_burst
