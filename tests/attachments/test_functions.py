@@ -9,10 +9,13 @@ import sqlite3
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 
 from samizdat.client import attachments
 from samizdat.client.connection import Connection
+from samizdat.crypto.attachment import ciphertext_size
+from samizdat.crypto.padding import padme
 from samizdat.errors import DecryptionError, ErrorCode, LocalError, NotFound, ServerRefused
 from samizdat.protocol import blobs as b
 from samizdat.server.app import RunningServer, ServerConfig, start
@@ -68,31 +71,73 @@ async def test_empty_file(world: World, inproc: RunningServer, tmp_path: Path) -
     assert out.read_bytes() == b""
 
 
-async def test_quota_plus_one_is_refused(
+#: The in-process server's blob quota per device (conftest.inproc).
+QUOTA = 4 << 20
+#: The largest file whose blob fits the quota: padded (Padmé) to a multiple of 64 KiB,
+#: 4 MiB - 64 KiB, then 32 chunks of 16 tag bytes: 4,129,280 bytes of ciphertext.
+FITS = (4 << 20) - (64 << 10)
+
+
+def test_the_quota_figures() -> None:
+    assert padme(FITS) == FITS and ciphertext_size(FITS) == QUOTA - 65_024
+    assert ciphertext_size(padme(FITS + 1)) > QUOTA
+
+
+async def test_the_quota_counts_the_padded_blob(
     world: World, inproc: RunningServer, tmp_path: Path
 ) -> None:
     _, bob = await pair(world, inproc.link, TransportOptions())
-    # The quota counts ciphertext: 4 MiB of it is 32 full chunks of 128 KiB + 16 bytes.
-    quota = 4 << 20
-    fits = quota - 32 * 16  # plaintext whose ciphertext is exactly the quota
-    make_file(tmp_path / "fits", fits)
+    make_file(tmp_path / "fits", FITS)
     await attachments.upload_file(bob, tmp_path / "fits")
-    make_file(tmp_path / "one", 0)
+    # 65,008 bytes would be exactly the 65,024 left unpadded (one chunk: + 16), but the
+    # blob is its Padmé length, 65,536, + 16: refused, and never retried.
+    make_file(tmp_path / "rest", 65_008)
     with pytest.raises(ServerRefused) as refused:
-        # Another blob of 16 bytes (an empty file) is quota + 16: refused, never retried.
-        await attachments.upload_file(bob, tmp_path / "one")
+        await attachments.upload_file(bob, tmp_path / "rest")
     assert refused.value.code == ErrorCode.QUOTA
 
 
-async def test_quota_exactly_plus_one_byte(
+async def test_one_byte_past_the_largest_file_that_fits(
     world: World, inproc: RunningServer, tmp_path: Path
 ) -> None:
     _, bob = await pair(world, inproc.link, TransportOptions())
-    quota = 4 << 20
-    make_file(tmp_path / "over", quota - 32 * 16 + 1)  # one plaintext byte more than fits
+    make_file(tmp_path / "over", FITS + 1)  # padded to 4 MiB: its blob is 4 MiB + 512
     with pytest.raises(ServerRefused) as refused:
         await attachments.upload_file(bob, tmp_path / "over")
     assert refused.value.code == ErrorCode.QUOTA
+
+
+async def test_sizes_in_one_padding_bucket_give_one_blob_size(
+    world: World, inproc: RunningServer, tmp_path: Path
+) -> None:
+    alice, bob = await pair(world, inproc.link, TransportOptions())
+    sizes = (1_000_001, 1_015_808)  # one Padmé length: a multiple of 16 KiB past 1 MiB
+    digests = [make_file(tmp_path / f"f{size}", size) for size in sizes]
+    ids = [await attachments.send_file(bob, "alice", tmp_path / f"f{size}") for size in sizes]
+    got = await collect(alice, 2, wait=20)
+    assert [g.attachment.size for g in got if g.attachment] == list(sizes)
+    db = sqlite3.connect(tmp_path / "srv" / "blobs.db")
+    blob_sizes = [row[0] for row in db.execute("SELECT size FROM blobs")]
+    db.close()
+    assert blob_sizes == [ciphertext_size(1_015_808)] * 2
+    # Each download is the file, byte for byte: the padding is dropped.
+    for msg_id, size, digest in zip(ids, sizes, digests, strict=True):
+        out = await attachments.download(alice, msg_id, tmp_path / f"got{size}")
+        assert out.stat().st_size == size and sha256_of(out) == digest
+
+
+async def test_an_unpadded_blob_from_an_older_sender_downloads(
+    world: World, inproc: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await pair(world, inproc.link, TransportOptions())
+    digest = make_file(tmp_path / "old", SIZE)
+    # A sender before padding: the blob holds the file alone, the reference no ``padded``.
+    monkeypatch.setattr(attachments, "padme", lambda length: length)
+    att = await attachments.upload_file(bob, tmp_path / "old")
+    msg_id = await bob.send("alice", "", attachment=msgspec.structs.replace(att, padded=0))
+    await collect(alice, 1, wait=20)
+    out = await attachments.download(alice, msg_id, tmp_path / "old.out")
+    assert sha256_of(out) == digest
 
 
 async def test_tampered_chunk_is_rejected(
@@ -156,7 +201,8 @@ async def test_no_plaintext_in_postgresql(world: World, tmp_path: Path) -> None:
         assert sha256_of(await attachments.download(alice, msg_id, tmp_path / "o")) == digest
         rows = await conn.fetch(f'SELECT data FROM "{schema}".blob_chunks')
         stored = b"".join(bytes(r[0]) for r in rows)
-        assert len(stored) == SIZE + 4 * 16  # ciphertext: four chunks, a tag each
+        # Ciphertext: the file padded to its Padmé length, in four chunks, a tag each.
+        assert len(stored) == padme(SIZE) + 4 * 16 > SIZE + 4 * 16
         assert MARKER not in stored
         dump = await conn.fetch(f'SELECT b::text FROM "{schema}".blobs b')
         assert all(MARKER.hex() not in r[0] for r in dump)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samizdat.crypto.padding import BUCKETS, pad, unpad
+from samizdat.crypto.padding import BUCKETS, pad, padme, unpad
 from samizdat.errors import DecryptionError, LocalError
 
 LARGEST = BUCKETS[-1]
@@ -56,3 +56,17 @@ def test_buckets_are_increasing_and_fit_an_envelope() -> None:
     assert list(BUCKETS) == sorted(set(BUCKETS))
     # Olm and the sealed box add a few hundred bytes over the largest bucket.
     assert LARGEST + 1024 < limits.MAX_ENVELOPE_BODY
+
+
+@given(st.integers(0, 1 << 40))
+def test_padme_adds_at_most_12_percent_and_is_stable(length: int) -> None:
+    padded = padme(length)
+    assert length <= padded <= length + length * 12 // 100
+    assert padme(padded) == padded
+    assert padme(length + 1) >= padded  # longer files never get shorter blobs
+
+
+def test_padme_leaves_few_lengths() -> None:
+    # Files of 1 to 2 MiB fall on 33 lengths (multiples of 32 KiB): ~5 bits, not 20.
+    assert len({padme(n) for n in range(1 << 20, 1 << 21)}) == 33
+    assert [padme(n) for n in (0, 1, 9, 1_000_001)] == [0, 1, 10, 1_015_808]

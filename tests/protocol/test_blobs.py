@@ -73,3 +73,18 @@ def test_attachment_round_trip_and_repr_hides_secrets() -> None:
     too_long = msgspec.structs.replace(att, name="n" * (limits.MAX_TEXT + 1))
     with pytest.raises(msgspec.ValidationError):
         b.decode_attachment(msgspec.msgpack.encode(too_long))
+
+
+def test_attachment_padding_length() -> None:
+    att = b.Attachment(
+        blob_id=b"\x01" * 16, secret=b"\x02" * 32, key=b"\x03" * 32, sha256=b"\x04" * 32,
+        size=1000, server=SignedDescriptor(body=b"d", signature=b"\x05" * 64), padded=1024,
+    )  # fmt: skip
+    assert b.decode_attachment(b.encode_attachment(att)).blob_plaintext == 1024
+    fields = msgspec.msgpack.decode(b.encode_attachment(att))
+    # A reference from a sender before padding has no field: its blob is the file alone.
+    older = {k: v for k, v in fields.items() if k != "padded"}
+    assert b.decode_attachment(msgspec.msgpack.encode(older)).blob_plaintext == 1000
+    # Padding cannot be shorter than the file (the download would cut the file).
+    with pytest.raises(msgspec.ValidationError):
+        b.decode_attachment(msgspec.msgpack.encode(fields | {"padded": 999}))

@@ -3,7 +3,10 @@
 
 Upload: the file is read twice, one chunk at a time (never whole): once for its SHA-256,
 once to seal and send each chunk (``crypto.attachment``) as a ``BlobWrite`` to our own
-server, a few writes in flight. A broken connection (or a refusal that a retry can cure)
+server, a few writes in flight. The file is padded with zeros to its Padmé length
+(``crypto.padding.padme``, at most ~12 % more), so the server stores and counts a size
+bucket, not the file's size; the ``Attachment`` carries both, and a download keeps the
+file's bytes only. A broken connection (or a refusal that a retry can cure)
 reopens the connection, asks the server how much it holds (``BlobOpen`` again) and
 continues from there. The message then carries an ``Attachment`` (key, hash, read
 secret, our server's descriptor) inside the end-to-end encryption.
@@ -36,6 +39,7 @@ from samizdat.crypto.attachment import (
     chunk_plain_size,
     ciphertext_size,
 )
+from samizdat.crypto.padding import padme
 from samizdat.errors import (
     ConnectError,
     DecryptionError,
@@ -141,10 +145,13 @@ def _sha256_of(path: Path) -> tuple[bytes, int]:
     return digest.digest(), size
 
 
-def _sealed_chunk(fh: BinaryIO, cipher: AttachmentCipher, size: int, index: int) -> bytes:
+def _sealed_chunk(fh: BinaryIO, cipher: AttachmentCipher, padded: int, index: int) -> bytes:
+    """Chunk ``index`` of the file padded with zeros to ``padded`` bytes, sealed."""
     fh.seek(index * CHUNK_PLAIN)
-    plain = fh.read(chunk_plain_size(size, index))
-    return cipher.seal(index, plain, final=index == chunk_count(size) - 1)
+    wanted = chunk_plain_size(padded, index)
+    plain = fh.read(wanted)
+    plain += bytes(wanted - len(plain))
+    return cipher.seal(index, plain, final=index == chunk_count(padded) - 1)
 
 
 async def _after_failure(
@@ -193,7 +200,8 @@ async def upload_file(
         secrets.token_bytes(16),
     )
     cipher = AttachmentCipher(key)
-    total = ciphertext_size(size)
+    padded = min(padme(size), limits.MAX_ATTACHMENT)
+    total = ciphertext_size(padded)
     opening = b.BlobOpen(
         rid=0,
         blob_id=blob_id,
@@ -214,7 +222,7 @@ async def upload_file(
                     held, attempts = status.received, 0
                 if status.received == total:
                     break
-                await _write_from(conn, fh, cipher, opening, size, status.received, progress)
+                await _write_from(conn, fh, cipher, opening, padded, status.received, progress)
                 break
             except (ConnectError, ServerRefused) as exc:
                 attempts = await _after_failure(client, client._identity.server_key, exc, attempts)
@@ -225,6 +233,7 @@ async def upload_file(
         key=key,
         sha256=sha256,
         size=size,
+        padded=padded,
         server=signed,
         # Cut to what a receiver's decoder accepts (protocol §12.1), or it drops the message.
         media_type=(media_type or mimetypes.guess_type(path.name)[0] or _OCTETS)[:127],
@@ -238,19 +247,19 @@ async def _write_from(
     fh: BinaryIO,
     cipher: AttachmentCipher,
     opening: b.BlobOpen,
-    size: int,
+    padded: int,
     received: int,
     progress: Progress | None,
 ) -> None:
     """Send every chunk from ``received`` on, up to WINDOW writes in flight, in order."""
-    count = chunk_count(size)
-    total = ciphertext_size(size)
+    count = chunk_count(padded)
+    total = ciphertext_size(padded)
     index = received // CHUNK_CIPHER
     pending: deque[asyncio.Task[b.BlobStatus]] = deque()
     try:
         while index < count or pending:
             while index < count and len(pending) < WINDOW:
-                data = _sealed_chunk(fh, cipher, size, index)
+                data = _sealed_chunk(fh, cipher, padded, index)
                 frame = b.BlobWrite(
                     rid=0, blob_id=opening.blob_id, offset=index * CHUNK_CIPHER, data=data
                 )
@@ -378,7 +387,7 @@ async def fetch_attachment(
     part = out.with_name(out.name + ".part")
     cipher = AttachmentCipher(attachment.key)
     digest = hashlib.sha256()
-    count = chunk_count(attachment.size)
+    count = chunk_count(attachment.blob_plaintext)
     index = 0
     attempts = 0
     try:
@@ -389,8 +398,10 @@ async def fetch_attachment(
                     chunks = _read_from(conn, attachment, cipher, index)
                     async with contextlib.aclosing(chunks):
                         async for plain in chunks:
-                            fh.write(plain)
-                            digest.update(plain)
+                            # The padding past the file's size is not the file's.
+                            kept = plain[: max(0, attachment.size - index * CHUNK_PLAIN)]
+                            fh.write(kept)
+                            digest.update(kept)
                             index += 1
                             attempts = 0
                             if progress is not None:
@@ -410,8 +421,8 @@ async def _read_from(
     conn: Connection, attachment: b.Attachment, cipher: AttachmentCipher, start: int
 ) -> AsyncGenerator[bytes, None]:
     """Plaintext chunks from ``start`` on, in order, up to WINDOW reads in flight."""
-    count = chunk_count(attachment.size)
-    total = ciphertext_size(attachment.size)
+    count = chunk_count(attachment.blob_plaintext)
+    total = ciphertext_size(attachment.blob_plaintext)
     index = wanted = start
     pending: deque[asyncio.Task[b.BlobData]] = deque()
     try:

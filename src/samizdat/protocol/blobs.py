@@ -121,9 +121,21 @@ class Attachment(msgspec.Struct, frozen=True):
     name: Annotated[str, Meta(max_length=limits.MAX_TEXT)] = ""
     #: When the server deletes the blob (the uploader's TTL); 0 if unknown.
     expires_at: Millis = 0
+    #: Plaintext bytes the blob encrypts: the file, then zeros up to this length (Padmé,
+    #: §12.2), so the server sees a size bucket, not the size. 0: not padded (older senders).
+    padded: Annotated[int, Meta(ge=0, le=limits.MAX_ATTACHMENT)] = 0
+
+    def __post_init__(self) -> None:
+        if self.padded and self.padded < self.size:
+            raise ValueError("padded length shorter than the file")
 
     def __repr__(self) -> str:
         return f"Attachment(size={self.size})"
+
+    @property
+    def blob_plaintext(self) -> int:
+        """Plaintext bytes the blob's chunks hold (the file and its padding)."""
+        return self.padded or self.size
 
 
 _attachment_decoder = msgspec.msgpack.Decoder(Attachment)
