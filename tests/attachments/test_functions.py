@@ -13,8 +13,9 @@ import msgspec
 import pytest
 
 from samizdat.client import attachments
+from samizdat.client.app import Client
 from samizdat.client.connection import Connection
-from samizdat.crypto.attachment import ciphertext_size
+from samizdat.crypto.attachment import CHUNK_CIPHER, ciphertext_size
 from samizdat.crypto.padding import padme
 from samizdat.errors import DecryptionError, ErrorCode, LocalError, NotFound, ServerRefused
 from samizdat.protocol import blobs as b
@@ -23,7 +24,7 @@ from samizdat.transport import TransportOptions
 from tests.censorship.conftest import World, collect
 from tests.server.services import PG_DSN, drop_pg_schema
 
-from .conftest import MARKER, make_file, pair, sha256_of
+from .conftest import MARKER, PASSPHRASE, make_file, pair, sha256_of
 
 SIZE = 3 * 128 * 1024 + 1000  # four chunks, the last one short
 
@@ -247,3 +248,39 @@ async def test_a_hostile_name_stays_in_the_folder(
     monkeypatch.chdir(tmp_path / "dl")
     out = await attachments.download(alice, msg_id)
     assert out.parent == tmp_path / "dl" and out.name == "evil__.sh"
+
+
+class _Crash(BaseException):
+    """Stands for the process dying mid-upload: the store is left as a kill leaves it."""
+
+
+async def test_an_interrupted_upload_continues_after_a_restart(
+    world: World, inproc: RunningServer, tmp_path: Path
+) -> None:
+    alice, bob = await pair(world, inproc.link, TransportOptions())
+    digest = make_file(tmp_path / "big", 3 << 20)  # 24 chunks; the quota holds one such blob
+
+    def crash(received: int, _total: int) -> None:
+        if received >= 8 * CHUNK_CIPHER:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        await attachments.upload_file(bob, tmp_path / "big", progress=crash)
+    await bob.close()
+    bob = world.add(await Client.open(world.tmp / "bob", PASSPHRASE, TransportOptions()))
+    reports: list[int] = []
+    att = await attachments.upload_file(
+        bob, tmp_path / "big", progress=lambda received, _: reports.append(received)
+    )
+    # The chunks the server held were not sent again (a fresh upload would also have
+    # needed a second blob's worth of quota, which this device does not have).
+    assert reports[0] > 8 * CHUNK_CIPHER
+    assert len(reports) == 24 - reports[0] // CHUNK_CIPHER + 1
+    db = sqlite3.connect(tmp_path / "srv" / "blobs.db")
+    assert db.execute("SELECT blob_id, received = size FROM blobs").fetchall() == [(att.blob_id, 1)]
+    db.close()
+    msg_id = await bob.send("alice", "", attachment=att)
+    await collect(alice, 1, wait=20)
+    assert sha256_of(await attachments.download(alice, msg_id, tmp_path / "got")) == digest
+    # Finished: nothing is kept to resume (the key is in the message now, not beside it).
+    assert bob._store.values("upload") == []  # noqa: SLF001

@@ -3,10 +3,12 @@
 
 Upload: the file is read twice, one chunk at a time (never whole): once for its SHA-256,
 once to seal and send each chunk (``crypto.attachment``) as a ``BlobWrite`` to our own
-server, a few writes in flight. The file is padded with zeros to its Padmé length
-(``crypto.padding.padme``, at most ~12 % more), so the server stores and counts a size
-bucket, not the file's size; the ``Attachment`` carries both, and a download keeps the
-file's bytes only. A broken connection (or a refusal that a retry can cure)
+server, a few writes in flight. Its key, read secret and blob id are recorded first
+(``upload`` records, by the file's SHA-256), so uploading the same file again after a
+crash or a restart continues from what the server holds. The file is padded with zeros
+to its Padmé length (``crypto.padding.padme``, at most ~12 % more), so the server stores
+and counts a size bucket, not the file's size; the ``Attachment`` carries both, and a
+download keeps the file's bytes only. A broken connection (or a refusal that a retry can cure)
 reopens the connection, asks the server how much it holds (``BlobOpen`` again) and
 continues from there. The message then carries an ``Attachment`` (key, hash, read
 secret, our server's descriptor) inside the end-to-end encryption.
@@ -30,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final
 
+from samizdat.client import records as rec
+from samizdat.client.connection import now_ms
 from samizdat.client.peers import verified_descriptor
 from samizdat.crypto.attachment import (
     CHUNK_CIPHER,
@@ -77,6 +81,9 @@ WINDOW: Final = 4
 MAX_ATTEMPTS: Final = 8
 _RETRYABLE: Final = {ErrorCode.RATE_LIMITED, ErrorCode.CONFLICT, ErrorCode.INTERNAL}
 _KIND: Final = "attachment"
+_UPLOADS: Final = "upload"
+#: An unfinished upload older than this starts over (its partial blob has likely expired).
+MAX_RESUME_AGE_MS: Final = 7 * 86_400_000
 _OCTETS: Final = "application/octet-stream"
 
 #: Called with (bytes done, bytes in all) as a transfer advances.
@@ -194,11 +201,8 @@ async def upload_file(
         raise NotFound("no such file") from exc
     if size > limits.MAX_ATTACHMENT:
         raise LocalError(f"a file may have at most {limits.MAX_ATTACHMENT} bytes")
-    key, secret, blob_id = (
-        secrets.token_bytes(32),
-        secrets.token_bytes(32),
-        secrets.token_bytes(16),
-    )
+    pending = _pending_upload(client, sha256, ttl_ms)
+    key, secret, blob_id = pending.key, pending.secret, pending.blob_id
     cipher = AttachmentCipher(key)
     padded = min(padme(size), limits.MAX_ATTACHMENT)
     total = ciphertext_size(padded)
@@ -225,7 +229,11 @@ async def upload_file(
                 await _write_from(conn, fh, cipher, opening, padded, status.received, progress)
                 break
             except (ConnectError, ServerRefused) as exc:
+                if isinstance(exc, ServerRefused) and exc.code == ErrorCode.CONFLICT:
+                    # The blob id is another's (or the same id with other sizes): start over.
+                    _forget_upload(client, sha256)
                 attempts = await _after_failure(client, client._identity.server_key, exc, attempts)
+    _forget_upload(client, sha256)
     signed, _ = client.own_descriptor()
     return b.Attachment(
         blob_id=blob_id,
@@ -240,6 +248,38 @@ async def upload_file(
         name=(name if name is not None else path.name)[: limits.MAX_TEXT],
         expires_at=expires_at,
     )
+
+
+def _pending_upload(client: Client, sha256: bytes, ttl_ms: int | None) -> rec.PendingUpload:
+    """The unfinished upload of this file (same content, same TTL) to continue, or a new
+    one, recorded before the first chunk leaves. Records past MAX_RESUME_AGE go."""
+    now = now_ms()
+    store = client._store
+    with store.locked():
+        held: rec.PendingUpload | None = None
+        for raw in store.values(_UPLOADS):
+            record = rec.decode(raw, rec.PendingUpload)
+            if now - record.started_at > MAX_RESUME_AGE_MS:
+                store.delete(_UPLOADS, record.sha256)
+            elif record.sha256 == sha256 and record.ttl_ms == ttl_ms:
+                held = record
+        if held is not None:
+            return held
+        fresh = rec.PendingUpload(
+            sha256=sha256,
+            key=secrets.token_bytes(32),
+            secret=secrets.token_bytes(32),
+            blob_id=secrets.token_bytes(16),
+            ttl_ms=ttl_ms,
+            started_at=now,
+        )
+        store.put(_UPLOADS, sha256, rec.encode(fresh))
+        return fresh
+
+
+def _forget_upload(client: Client, sha256: bytes) -> None:
+    with client._store.locked():
+        client._store.delete(_UPLOADS, sha256)
 
 
 async def _write_from(

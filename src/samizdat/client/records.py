@@ -17,6 +17,7 @@ kind           lookup name          value
 ``outseq``     ``""``               the last queue position given (8 bytes)
 ``cursor``     ``""``               last processed mailbox seq (8 bytes)
 ``history``    contact id (log)     :class:`HistoryRecord`
+``upload``     file's SHA-256       :class:`PendingUpload` (an unfinished upload)
 =============  ===================  ==============================================
 
 Message actions, timers and receipts keep their own kinds: see client/msgstate.py.
@@ -34,6 +35,7 @@ from samizdat.protocol.frames import Envelope
 from samizdat.protocol.keys import SignedDeviceList
 
 __all__ = [
+    "PendingUpload",
     "ContactState",
     "Identity",
     "Contact",
@@ -90,6 +92,20 @@ class Sessions(msgspec.Struct):
     pickles: list[str]
 
 
+class PendingUpload(msgspec.Struct, frozen=True):
+    """An upload that has not finished, so that the next upload of the same file, even
+    after a crash or a restart, continues where it stopped (client/attachments.py): same
+    key, read secret and blob id, so the chunks the server holds are the ones it would get.
+    """
+
+    sha256: bytes
+    key: bytes
+    secret: bytes
+    blob_id: bytes
+    ttl_ms: int | None
+    started_at: int
+
+
 class OutboxItem(msgspec.Struct):
     """One 1:1 payload to one user's devices, written before depositing (client/sending.py).
 
@@ -131,7 +147,7 @@ class HistoryRecord(msgspec.Struct):
 
 
 _T = TypeVar("_T")
-_Record = Identity | Contact | Sessions | OutboxItem | HistoryRecord
+_Record = Identity | Contact | Sessions | OutboxItem | HistoryRecord | PendingUpload
 
 
 def encode(value: _Record) -> bytes:
