@@ -383,19 +383,7 @@ def on_own_payload(client: Client, sender_key: bytes, copy: SentCopy) -> None:
         return  # an action, not a message (or one that already expired)
     if copy.attachment is not None:
         remember_attachment(client._store, copy.msg_id, copy.attachment)
-    client._store.append(
-        "history",
-        cid,
-        rec.encode(
-            rec.HistoryRecord(
-                direction="out",
-                text=copy.text,
-                msg_id=copy.msg_id,
-                sent_at=copy.sent_at,
-                received_at=now_ms(),
-            )
-        ),
-    )
+    rec.append_history(client._store, cid, "out", copy.text, copy.msg_id, copy.sent_at, now_ms())
 
 
 # -- sync for a new device --------------------------------------------------------------
@@ -495,19 +483,7 @@ def apply_sync(client: Client, items: list[SyncItem]) -> None:
                 continue
             author = h.peer if h.direction == "in" else client.own_user_key
             client._store.put("seen", author + h.msg_id, b"")
-            client._store.append(
-                "history",
-                cid,
-                rec.encode(
-                    rec.HistoryRecord(
-                        direction=h.direction,
-                        text=h.text,
-                        msg_id=h.msg_id,
-                        sent_at=h.sent_at,
-                        received_at=now,
-                    )
-                ),
-            )
+            rec.append_history(client._store, cid, h.direction, h.text, h.msg_id, h.sent_at, now)
 
 
 def item_history(items: list[SyncItem]) -> list[SyncHistory]:

@@ -211,18 +211,14 @@ def purge(client: Client, conv: Conv, msg_ids: set[bytes], tombstone: bool) -> N
             )
             client._store.append("ghistory", conv.ident, value)
         else:
-            client._store.append(
-                "history",
+            rec.append_history(
+                client._store,
                 conv.ident,
-                rec.encode(
-                    rec.HistoryRecord(
-                        direction=row.direction,
-                        text="",
-                        msg_id=row.msg_id,
-                        sent_at=row.sent_at,
-                        received_at=row.received_at,
-                    )
-                ),
+                row.direction,
+                "",
+                row.msg_id,
+                row.sent_at,
+                row.received_at,
             )
 
 

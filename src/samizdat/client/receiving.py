@@ -28,7 +28,7 @@ from samizdat.client.attachments import AttachmentInfo
 from samizdat.client.connection import Connection, now_ms
 from samizdat.client.dispatch import on_control
 from samizdat.client.messaging import decrypt_olm, open_entry, verify_card
-from samizdat.client.records import Contact, ContactState, HistoryRecord
+from samizdat.client.records import Contact, ContactState
 from samizdat.crypto.padding import unpad
 from samizdat.errors import ConnectError, DecryptionError, ErrorCode, ProtocolError, RemoteError
 from samizdat.protocol import frames
@@ -181,18 +181,14 @@ def open_mailbox_entry(client: Client, entry: frames.Entry) -> Received | None:
         return None  # a reaction, edit, deletion or timer change, or already expired
     if payload.attachment is not None:
         attachments.remember(client._store, payload.msg_id, payload.attachment)
-    client._store.append(
-        "history",
+    rec.append_history(
+        client._store,
         contact.cid,
-        rec.encode(
-            HistoryRecord(
-                direction="in",
-                text=payload.text,
-                msg_id=payload.msg_id,
-                sent_at=payload.sent_at,
-                received_at=entry.received_at,
-            )
-        ),
+        "in",
+        payload.text,
+        payload.msg_id,
+        payload.sent_at,
+        entry.received_at,
     )
     return Received(
         sender=contact.name,

@@ -26,7 +26,7 @@ Message actions, timers and receipts keep their own kinds: see client/msgstate.p
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -34,7 +34,11 @@ from samizdat.protocol.descriptor import SignedDescriptor
 from samizdat.protocol.frames import Envelope
 from samizdat.protocol.keys import SignedDeviceList
 
+if TYPE_CHECKING:
+    from samizdat.client.store import Store
+
 __all__ = [
+    "append_history",
     "PendingUpload",
     "ContactState",
     "Identity",
@@ -144,6 +148,21 @@ class HistoryRecord(msgspec.Struct):
     msg_id: bytes
     sent_at: int
     received_at: int
+
+
+def append_history(
+    store: Store,
+    cid: bytes,
+    direction: str,
+    text: str,
+    msg_id: bytes,
+    sent_at: int,
+    received_at: int,
+) -> None:
+    """Add a line to the conversation with contact ``cid`` (call under the store lock)."""
+    store.append(
+        "history", cid, encode(HistoryRecord(direction, text, msg_id, sent_at, received_at))
+    )
 
 
 _T = TypeVar("_T")

@@ -43,7 +43,7 @@ from samizdat.client.peers import (
     peer_from_contact,
     seal_padded,
 )
-from samizdat.client.records import Contact, ContactState, HistoryRecord, OutboxItem
+from samizdat.client.records import Contact, ContactState, OutboxItem
 from samizdat.crypto.padding import pad
 from samizdat.errors import (
     ConnectError,
@@ -208,18 +208,8 @@ async def _deliver(client: Client, item: OutboxItem) -> None:
             return  # delivered by another task or process meanwhile
         client._store.delete("outbox", item.msg_id)
         if item.history:
-            client._store.append(
-                "history",
-                item.cid,
-                rec.encode(
-                    HistoryRecord(
-                        direction="out",
-                        text=item.text,
-                        msg_id=item.msg_id,
-                        sent_at=item.sent_at,
-                        received_at=now_ms(),
-                    )
-                ),
+            rec.append_history(
+                client._store, item.cid, "out", item.text, item.msg_id, item.sent_at, now_ms()
             )
     if item.history and item.envelopes:
         client._last_sent[item.cid] = item.envelopes[0].body
