@@ -15,8 +15,9 @@ secret, our server's descriptor) inside the end-to-end encryption.
 
 Download: ``BlobRead`` chunk after chunk from the uploader's server (any server: reads
 are anonymous, authorised by the read secret), each opened and appended to
-``OUT.part``; a broken connection resumes at the next chunk; the SHA-256 of the whole
-plaintext must match before ``OUT.part`` becomes ``OUT``.
+``OUT.<blob>.part``; a broken connection resumes at the next chunk, and so does the next
+download of the same attachment after a crash; the SHA-256 of the whole plaintext must
+match before the part becomes ``OUT``.
 """
 
 from __future__ import annotations
@@ -421,17 +422,22 @@ async def download(
 async def fetch_attachment(
     client: Client, attachment: b.Attachment, out: Path, progress: Progress | None = None
 ) -> Path:
-    """Download ``attachment`` into ``out`` (see :func:`download`)."""
+    """Download ``attachment`` into ``out`` (see :func:`download`).
+
+    An interrupted download (the process killed, or a network that stayed down) leaves
+    ``OUT.<blob>.part``, and the next download of the same attachment continues after its
+    complete chunks; a file that does not check is never kept.
+    """
     descriptor = verified_descriptor(attachment.server)
     server_key = descriptor.server_key
-    part = out.with_name(out.name + ".part")
+    part = out.with_name(f"{out.name}.{attachment.blob_id.hex()[:12]}.part")
     cipher = AttachmentCipher(attachment.key)
     digest = hashlib.sha256()
     count = chunk_count(attachment.blob_plaintext)
-    index = 0
     attempts = 0
     try:
-        with part.open("wb") as fh:
+        index = await asyncio.to_thread(_resume_part, part, digest)
+        with part.open("ab") as fh:
             while index < count:
                 try:
                     conn = await client._connection(server_key, attachment.server)
@@ -451,10 +457,26 @@ async def fetch_attachment(
         if digest.digest() != attachment.sha256:
             raise DecryptionError("the file does not match its hash")
         part.replace(out)
-    except BaseException:
-        part.unlink(missing_ok=True)
+    except BaseException as exc:
+        # Kept to resume: an interruption. Anything else (a file that does not check, a
+        # blob that is gone) leaves nothing behind.
+        if isinstance(exc, Exception) and not isinstance(exc, ConnectError):
+            part.unlink(missing_ok=True)
         raise
     return out
+
+
+def _resume_part(part: Path, digest: hashlib._Hash) -> int:
+    """Cut ``part`` to its complete chunks, hash them into ``digest``; the next index."""
+    if not part.exists():
+        part.write_bytes(b"")
+        return 0
+    index = part.stat().st_size // CHUNK_PLAIN
+    with part.open("r+b") as fh:
+        fh.truncate(index * CHUNK_PLAIN)
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return index
 
 
 async def _read_from(
