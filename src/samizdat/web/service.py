@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import asdict
@@ -604,8 +605,8 @@ class UiService:
         try:
             await attachments.download(client, msg_id, path, progress=progress)
         except BaseException:
-            path.unlink(missing_ok=True)
-            folder.rmdir()
+            # With an interrupted download's part file, if any: this folder is never reused.
+            shutil.rmtree(folder, ignore_errors=True)
             raise
         found = attachments.attachment_of(client, msg_id)
         name = found.name if found is not None else "file"
