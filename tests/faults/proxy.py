@@ -3,7 +3,8 @@
 Clients reach it with ``TransportOptions(proxy=Route("socks5", proxy.url))``. Per chunk of
 bytes read it adds latency (``latency`` ± ``jitter`` seconds, order kept within a
 direction), resets the connection with probability ``reset`` (TCP RST) and closes it
-cleanly with probability ``close`` (FIN, as a NAT or a flaky mobile link does).
+cleanly with probability ``close`` (FIN, as a NAT or a flaky mobile link does); with
+``lifetime`` it also closes every connection that long after it opened.
 
 Why there is no frame-level drop, duplicate or reorder: every byte between client and
 server is inside TLS. A record that is dropped, repeated or moved breaks the record
@@ -33,6 +34,9 @@ class Faults:
     jitter: float = 0.15
     reset: float = 0.01
     close: float = 0.01
+    #: Close (FIN) every connection this many seconds after it opened (None: never), as a
+    #: NAT that forgets, or a censor that lets a connection live a little, does.
+    lifetime: float | None = None
 
 
 @dataclass
@@ -142,7 +146,12 @@ class FaultProxy:
             asyncio.create_task(self._pipe(b[0], a[1], b[1], done)),
         ]
         try:
-            await done.wait()
+            try:
+                await asyncio.wait_for(done.wait(), self.faults.lifetime)
+            except TimeoutError:
+                self.counters.closes += 1
+                _abort(a[1], rst=False)
+                _abort(b[1], rst=False)
         finally:
             for pipe in pipes:
                 pipe.cancel()

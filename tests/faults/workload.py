@@ -31,7 +31,7 @@ from samizdat.errors import RemoteError
 from samizdat.transport.dial import TransportOptions
 from tests.e2e.harness import PASSPHRASE, ServerProcess
 
-__all__ = ["Inject", "Outcome", "classify", "run_workload", "stamp"]
+__all__ = ["Inject", "Outcome", "classify", "pair_clients", "run_workload", "stamp"]
 
 #: One fault for the workload to inject (the k-th); returns its kind, for the report.
 Inject = Callable[[int], Awaitable[str]]
@@ -182,7 +182,7 @@ async def _receive(client: Client, into: list[str]) -> None:
             await asyncio.sleep(0.2)
 
 
-async def _pair(
+async def pair_clients(
     root: Path, link: str, index: int, transport: TransportOptions | None
 ) -> tuple[Client, Client]:
     """Sender and recipient, introduced on a clean network; then reopened with ``transport``
@@ -230,7 +230,7 @@ async def run_workload(
     client_logger.addHandler(client_log)
     client_logger.setLevel(logging.INFO)
     homes = list(links) or [server.link]
-    clients = [await _pair(root, homes[i % len(homes)], i, transport) for i in range(pairs)]
+    clients = [await pair_clients(root, homes[i % len(homes)], i, transport) for i in range(pairs)]
     attempted: set[tuple[int, int]] = set()
     acked: set[tuple[int, int]] = set()
     retried: set[tuple[int, int]] = set()

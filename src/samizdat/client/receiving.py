@@ -78,8 +78,11 @@ async def listen(
         try:
             conn = await subscribed(client)
             if conn is not resent_on:
-                # (Re)connected: what failed to go out before goes now, unprompted.
+                # (Re)connected: what failed to go out before goes now, unprompted. And the
+                # server answered: the next drop waits the shortest pause again, not a
+                # longer one for each connection a flaky or hostile network cut.
                 resent_on = conn
+                failures = 0
                 client._start_resend()
             if conn.backlog:
                 entries, conn.backlog = conn.backlog, []
