@@ -76,13 +76,16 @@ async def listen(
     resent_on: Connection | None = None
     while count is None or yielded < count:
         try:
+            # The backoff grows while the server cannot be reached. Once it answered (a
+            # login), losing the connection starts it over: a network or a censor that
+            # cuts connections costs the shortest pause each time, not a longer one for
+            # every cut after an outage that left the count high.
+            await client._own()
+            failures = 0
             conn = await subscribed(client)
             if conn is not resent_on:
-                # (Re)connected: what failed to go out before goes now, unprompted. And the
-                # server answered: the next drop waits the shortest pause again, not a
-                # longer one for each connection a flaky or hostile network cut.
+                # (Re)connected: what failed to go out before goes now, unprompted.
                 resent_on = conn
-                failures = 0
                 client._start_resend()
             if conn.backlog:
                 entries, conn.backlog = conn.backlog, []
@@ -103,7 +106,6 @@ async def listen(
                 raise
             await asyncio.sleep(reach.backoff(failures))
             continue
-        failures = 0
         since = asyncio.get_running_loop().time()
         batch: list[Received] = []
         last = 0
