@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import signal
 import socket
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Final
 
 import uvicorn
 
@@ -21,6 +23,26 @@ __all__ = ["serve", "HOST"]
 
 #: Never another interface: the page holds decrypted messages (docs/security.md).
 HOST = "127.0.0.1"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM once it has stopped serving, which killed the process
+    before ``serve`` closed the client and removed the private file folder. Here SIGINT and
+    SIGTERM only stop serving (a second one forces it, as in uvicorn)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 async def serve(
@@ -60,7 +82,7 @@ async def serve(
         timeout_graceful_shutdown=1,
         ws="none",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     url = f"http://{HOST}:{bound}/?token={token}"
     announce(url)
     if open_browser:

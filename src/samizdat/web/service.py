@@ -133,12 +133,15 @@ class UiService:
         tasks += [*self._flows.values(), *self._tasks]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self.client is not None:
-            await self.client.close()
-        self._files.cleanup()
+        try:
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self.client is not None:
+                await self.client.close()
+        finally:
+            # Files in transit are plaintext: they go whatever else failed.
+            self._files.cleanup()
 
     def _need(self) -> Client:
         if self.client is None:
