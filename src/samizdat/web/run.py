@@ -26,22 +26,16 @@ HOST = "127.0.0.1"
 
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM once it has stopped serving, which killed the process
-    before ``serve`` closed the client and removed the private file folder. Here SIGINT and
-    SIGTERM only stop serving (a second one forces it, as in uvicorn)."""
+    """Signals are ours (:func:`serve`): uvicorn re-raises SIGTERM once it has stopped
+    serving, which killed the process before it closed the client and removed the private
+    file folder, and it listens only once serving, after the address is announced."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        loop = asyncio.get_running_loop()
-        for sig in _STOP_SIGNALS:
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in _STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
+        yield
 
 
+#: Stop serving, then close (a second one forces it, as in uvicorn).
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -83,14 +77,19 @@ async def serve(
         ws="none",
     )
     server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, server.handle_exit, sig, None)
     url = f"http://{HOST}:{bound}/?token={token}"
-    announce(url)
-    if open_browser:
-        # In a thread: some browsers' launchers block until they exit.
-        asyncio.get_running_loop().run_in_executor(None, _open, url)
     try:
+        announce(url)
+        if open_browser:
+            # In a thread: some browsers' launchers block until they exit.
+            loop.run_in_executor(None, _open, url)
         await server.serve(sockets=[sock])
     finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
         await service.close()
         sock.close()
 
