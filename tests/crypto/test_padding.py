@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from samizdat.crypto.padding import BUCKETS, pad, padme, unpad
 from samizdat.errors import DecryptionError, LocalError
+from samizdat.protocol import limits
 
 LARGEST = BUCKETS[-1]
 
@@ -70,3 +71,5 @@ def test_padme_leaves_few_lengths() -> None:
     # Files of 1 to 2 MiB fall on 33 lengths (multiples of 32 KiB): ~5 bits, not 20.
     assert len({padme(n) for n in range(1 << 20, 1 << 21)}) == 33
     assert [padme(n) for n in (0, 1, 9, 1_000_001)] == [0, 1, 10, 1_015_808]
+    # The largest file is its own Padmé length: no padded blob is ever larger.
+    assert padme(limits.MAX_ATTACHMENT) == limits.MAX_ATTACHMENT

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samizdat.server.budgets import LocalClaimBudgets, RedisClaimBudgets
+from samizdat.server.budgets import KEY_PREFIX, LocalClaimBudgets, RedisClaimBudgets
 from samizdat.server.ratelimit import RateLimits
 from tests.e2e.harness import free_port
 
@@ -44,7 +44,7 @@ async def _compare(claims: list[tuple[int, float]], start: float, limits: RateLi
             granted += decision
     finally:
         cleanup = aioredis.Redis.from_url(REDIS_URL)
-        await cleanup.delete(*(b"samizdat:budget:" + key for key in keys))
+        await cleanup.delete(*(KEY_PREFIX + key for key in keys))
         await cleanup.aclose()
         await shared.close()
     return granted

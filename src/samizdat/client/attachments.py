@@ -205,7 +205,7 @@ async def upload_file(
     pending = _pending_upload(client, sha256, ttl_ms)
     key, secret, blob_id = pending.key, pending.secret, pending.blob_id
     cipher = AttachmentCipher(key)
-    padded = min(padme(size), limits.MAX_ATTACHMENT)
+    padded = padme(size)  # MAX_ATTACHMENT is a Padmé length: never past it
     total = ciphertext_size(padded)
     opening = b.BlobOpen(
         rid=0,
@@ -231,7 +231,8 @@ async def upload_file(
                 break
             except (ConnectError, ServerRefused) as exc:
                 if isinstance(exc, ServerRefused) and exc.code == ErrorCode.CONFLICT:
-                    # The blob id is another's (or the same id with other sizes): start over.
+                    # The recorded blob id is taken (another's, or other sizes): the next
+                    # upload of this file draws a new one instead of meeting it again.
                     _forget_upload(client, sha256)
                 attempts = await _after_failure(client, client._identity.server_key, exc, attempts)
     _forget_upload(client, sha256)
@@ -469,7 +470,6 @@ async def fetch_attachment(
 def _resume_part(part: Path, digest: hashlib._Hash) -> int:
     """Cut ``part`` to its complete chunks, hash them into ``digest``; the next index."""
     if not part.exists():
-        part.write_bytes(b"")
         return 0
     index = part.stat().st_size // CHUNK_PLAIN
     with part.open("r+b") as fh:

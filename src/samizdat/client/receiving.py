@@ -39,7 +39,7 @@ from samizdat.protocol.keys import decode_device_list
 if TYPE_CHECKING:
     from samizdat.client.app import Client
 
-__all__ = ["Received", "listen", "subscribed", "process", "open_mailbox_entry", "sender_contact"]
+__all__ = ["Received", "listen", "subscribe", "process", "open_mailbox_entry", "sender_contact"]
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ async def listen(
             # login), losing the connection starts it over: a network or a censor that
             # cuts connections costs the shortest pause each time, not a longer one for
             # every cut after an outage that left the count high.
-            await client._own()
+            conn = await client._own()
             failures = 0
-            conn = await subscribed(client)
+            await subscribe(client, conn)
             if conn is not resent_on:
                 # (Re)connected: what failed to go out before goes now, unprompted.
                 resent_on = conn
@@ -131,14 +131,13 @@ async def listen(
             yield received
 
 
-async def subscribed(client: Client) -> Connection:
-    conn = await client._own()
+async def subscribe(client: Client, conn: Connection) -> None:
+    """Subscribe ``conn`` after our cursor, unless it is already."""
     if not conn.subscribed:
         raw = client._store.get("cursor", "")
         after = int.from_bytes(raw, "big") if raw else 0
         await conn.call(frames.Subscribe(rid=0, after=after), frames.Ok)
         conn.subscribed = True
-    return conn
 
 
 def process(client: Client, entry: frames.Entry) -> Received | None:

@@ -26,11 +26,12 @@ from redis.exceptions import RedisError
 
 from samizdat.server.ratelimit import KeyedBuckets, RateLimits
 
-__all__ = ["ClaimBudgets", "LocalClaimBudgets", "RedisClaimBudgets"]
+__all__ = ["KEY_PREFIX", "ClaimBudgets", "LocalClaimBudgets", "RedisClaimBudgets"]
 
 _log = logging.getLogger(__name__)
 
-_PREFIX: Final = b"samizdat:budget:"
+#: A bucket's Redis key: this, then the token hash and the device id.
+KEY_PREFIX: Final = b"samizdat:budget:"
 #: Seconds a claim waits for Redis before it is answered the fallback key.
 _TIMEOUT: Final = 2.0
 
@@ -107,7 +108,7 @@ class RedisClaimBudgets:
     async def allow(self, key: bytes) -> bool:
         try:
             allowed = await self._take(
-                keys=[_PREFIX + key], args=[self._rate, self._burst, self._clock()]
+                keys=[KEY_PREFIX + key], args=[self._rate, self._burst, self._clock()]
             )
         except RedisError:
             # Closed: without Redis the claim gets the fallback key. The sender can still
