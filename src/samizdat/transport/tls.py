@@ -71,10 +71,15 @@ async def open_tls(
     Raises:
         StageFailed: stage ``tls`` (no handshake) or ``pin`` (another key answered).
     """
+    # The transport gets a duplicate of the socket and owns it alone; ``sock`` is ours and
+    # closed on every path. Closing the one the transport holds, when a cancellation came
+    # after the handshake (the transport then shuts TLS down gracefully and is not closing
+    # yet), freed its descriptor under it; the next socket got the same number and asyncio
+    # refused it ("File descriptor N is used by transport"; seen once in CI, a 5-kill run).
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
-                sock=sock,
+                sock=sock.dup(),
                 ssl=context,
                 # An empty name makes asyncio send no SNI at all.
                 server_hostname=sni or "",
@@ -101,6 +106,7 @@ async def open_tls(
     except BaseException:
         sock.close()
         raise
+    sock.close()
     if pin is not None:
         ssl_object = writer.get_extra_info("ssl_object")
         peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
