@@ -196,6 +196,12 @@ async def test_postgres_upgrade_in_place() -> None:
         assert index == 1
         bodies = await conn.fetch("SELECT body, refs FROM bodies")
         assert [(bytes(r[0]), r[1]) for r in bodies] == [(b"fanned out", 2)]
+        # Migration 6: the old mailbox row got ``acked`` (0), which check_upgraded's ack
+        # up to seq 7 raised.
+        acked = await conn.fetchval(
+            "SELECT acked FROM mailboxes WHERE device_id = $1", user.devices[0].device_id
+        )
+        assert acked == 7
 
     try:
         await _with_schema(schema, build_old)

@@ -68,6 +68,31 @@ async def test_deposit_is_idempotent_across_ack_and_reopen(make_store: StoreFact
     assert (await store.deposit([item(os.urandom(16), 1)], NOW_MS)).stored == 1
 
 
+async def test_acks_past_the_last_seq_or_behind_an_earlier_one(make_store: StoreFactory) -> None:
+    """An ack names a seq; entries at or below it go. One beyond the mailbox's last seq
+    (a buggy or hostile client) must not swallow entries deposited after it, and a stale
+    one deletes nothing (PostgreSQL starts each ack above the last one: migration 6)."""
+    store = await make_store()
+    dev = os.urandom(16)
+    await store.deposit([item(dev, 1), item(dev, 2)], NOW_MS)
+    assert await store.ack(dev, 100, NOW_MS) == 2
+    await store.deposit([item(dev, 3), item(dev, 4), item(dev, 5)], NOW_MS)
+    assert [e.seq for e in await store.fetch(dev, 0, 10)] == [3, 4, 5]
+    assert await store.ack(dev, 3, NOW_MS) == 1
+    assert await store.ack(dev, 2, NOW_MS) == 0
+    assert await store.ack(dev, 4, NOW_MS) == 1
+    assert await store.mailbox_size(dev) == 1
+    assert [e.seq for e in await store.fetch(dev, 0, 10)] == [5]
+    # An entry dropped from the middle by its own expiry leaves the next ack exact.
+    await store.deposit(
+        [DepositItem(dev, (6).to_bytes(16, "big"), b"timed", expires_at=NOW_MS + 1), item(dev, 7)],
+        NOW_MS,
+    )
+    assert await store.expire_timed(NOW_MS + 1) == 1
+    assert await store.ack(dev, 7, NOW_MS) == 2
+    assert await store.mailbox_size(dev) == 0
+
+
 async def test_msg_ids_are_forgotten_after_retention(make_store: StoreFactory) -> None:
     store = await make_store()
     dev = os.urandom(16)

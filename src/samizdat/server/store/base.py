@@ -33,6 +33,7 @@ __all__ = [
     "DepositItem",
     "DepositResult",
     "MailboxEntry",
+    "MsgIdSweeps",
     "Store",
     "shared_bodies",
 ]
@@ -40,6 +41,35 @@ __all__ = [
 #: How long a delivered msg_id is remembered after deposit, so a late retry of an
 #: already acknowledged envelope is still recognised as a duplicate.
 MSG_ID_RETENTION_MS: Final = 7 * 24 * 3600 * 1000
+
+
+class MsgIdSweeps:
+    """When each device's msg_ids past retention were last forgotten, by this process.
+
+    Acknowledgements do the forgetting, but at most once per ``every_ms`` per device:
+    the rows age by the day, and a sweep on every ack was a statement per envelope (and
+    on PostgreSQL a walk over the index entries the previous sweeps left dead).
+    """
+
+    def __init__(self, every_ms: int = 3600 * 1000, max_devices: int = 100_000) -> None:
+        self._every_ms = every_ms
+        self._max_devices = max_devices
+        self._last: dict[bytes, int] = {}
+
+    def __repr__(self) -> str:
+        return f"MsgIdSweeps(devices={len(self._last)})"
+
+    def cutoff(self, device_id: bytes, now_ms: int) -> int | None:
+        """The age (ms) below which to forget ``device_id``'s msg_ids now, or None if it
+        was swept within ``every_ms``. Past ``max_devices`` all are forgotten (and swept
+        again): the memo is a hint, never a promise."""
+        last = self._last.get(device_id)
+        if last is not None and now_ms - last < self._every_ms:
+            return None
+        if len(self._last) >= self._max_devices:
+            self._last.clear()
+        self._last[device_id] = now_ms
+        return now_ms - MSG_ID_RETENTION_MS
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,11 @@ from samizdat.errors import ErrorCode, LocalError, ProtocolError
 from samizdat.protocol import limits
 from samizdat.protocol.keys import DeviceKeys, SignedDeviceList, SignedKey
 from samizdat.server.store.base import (
-    MSG_ID_RETENTION_MS,
     DepositItem,
     DepositResult,
     KeyCounts,
     MailboxEntry,
+    MsgIdSweeps,
     RegisteredDevice,
     shared_bodies,
 )
@@ -140,28 +140,31 @@ FROM ranked r JOIN box b ON b.device_id = r.device_id
 """
 
 #: The acks of many devices (each at most once) in one statement: $1 devices, $2 up_to
-#: each, $3 forget msg_ids older than this. Locks as every statement that deletes entries
-#: does (module docstring): first the mailbox rows, in device order (``locked``, run whole
-#: before the delete: an uncorrelated subquery in its WHERE is a one-time filter, evaluated
-#: before the first row is read), then the entries, then (the release trigger, at the end
-#: of the statement) the bodies in id order. Returns (device, entries deleted) for each.
+#: each. Locks as every statement that deletes entries does (module docstring): first the
+#: mailbox rows, in device order (``locked``, run whole before the delete: an uncorrelated
+#: subquery in its WHERE is a one-time filter, evaluated before the first row is read),
+#: then the entries, then (the release trigger, at the end of the statement) the bodies in
+#: id order. The delete starts above the mailbox's ``acked`` (nothing at or below it is
+#: left): a range from the device's first seq would walk every index entry of its earlier
+#: acks that vacuum has not yet removed. Returns (device, entries deleted) for each.
 _ACK_BATCH: Final = """
 WITH input AS (
     SELECT * FROM unnest($1::BYTEA[], $2::BIGINT[]) AS t (device_id, up_to)
 ), locked AS (
-    SELECT device_id FROM mailboxes WHERE device_id = ANY($1::BYTEA[])
+    SELECT device_id, acked FROM mailboxes WHERE device_id = ANY($1::BYTEA[])
     ORDER BY device_id FOR UPDATE
 ), gone AS (
-    DELETE FROM mailbox_entries e USING input i
-    WHERE e.device_id = i.device_id AND e.seq <= i.up_to
+    DELETE FROM mailbox_entries e USING input i JOIN locked l ON l.device_id = i.device_id
+    WHERE e.device_id = i.device_id AND e.seq > l.acked AND e.seq <= i.up_to
         AND (SELECT count(*) FROM locked) >= 0
     RETURNING e.device_id
 ), counts AS (
     SELECT device_id, count(*) AS n FROM gone GROUP BY device_id
 ), box AS (
-    UPDATE mailboxes m SET size = m.size - c.n FROM counts c WHERE m.device_id = c.device_id
-), old AS (
-    DELETE FROM msg_ids o USING input i WHERE o.device_id = i.device_id AND o.at < $3
+    UPDATE mailboxes m
+    SET size = m.size - coalesce(c.n, 0), acked = greatest(m.acked, least(i.up_to, m.last_seq))
+    FROM input i LEFT JOIN counts c ON c.device_id = i.device_id
+    WHERE m.device_id = i.device_id
 )
 SELECT i.device_id, coalesce(c.n, 0) FROM input i LEFT JOIN counts c ON c.device_id = i.device_id
 """
@@ -187,6 +190,14 @@ WITH locked AS (
     UPDATE mailboxes m SET size = m.size - c.n FROM counts c WHERE m.device_id = c.device_id
 )
 SELECT coalesce(sum(n), 0) FROM counts
+"""
+#: Forget msg_ids past retention: $1 devices, $2 the age below which, each. A statement of
+#: its own, run only for devices due (``MsgIdSweeps``, at most hourly): as a part of every
+#: ack it was a scan of the whole table per batch whenever the planner's estimates said a
+#: scan beat an index range per device (a batch naming most devices; no statistics yet).
+_FORGET_MSG_IDS: Final = """
+DELETE FROM msg_ids o USING unnest($1::BYTEA[], $2::BIGINT[]) AS i (device_id, before)
+WHERE o.device_id = i.device_id AND o.at < i.before
 """
 _EXPIRE: Final = _SWEEP.format(condition="e.received_at < $2")
 _EXPIRE_TIMED: Final = _SWEEP.format(condition="e.expires_at <= $2")
@@ -329,6 +340,7 @@ class PostgresStore:
         # Deposits waiting for the next batch, and the committers that take them.
         self._queue: deque[_Pending] = deque()
         self._acks: deque[_PendingAck] = deque()
+        self._msg_id_sweeps = MsgIdSweeps()
         self._queued = asyncio.Event()
         self._committers: list[asyncio.Task[None]] = []
         self._closing = False
@@ -775,16 +787,20 @@ class PostgresStore:
             await self._queued.wait()
 
     async def _ack_batch(self, batch: list[_PendingAck]) -> None:
-        now_ms = max(ack.now_ms for ack in batch)
+        sweeps = self._msg_id_sweeps
+        due = [(ack.device_id, sweeps.cutoff(ack.device_id, ack.now_ms)) for ack in batch]
+        forget = [(device_id, cutoff) for device_id, cutoff in due if cutoff is not None]
 
         async def run(conn: Conn) -> list[Any]:
             return list(
                 await conn.fetch(
-                    _ACK_BATCH,
-                    [ack.device_id for ack in batch],
-                    [ack.up_to for ack in batch],
-                    now_ms - MSG_ID_RETENTION_MS,
+                    _ACK_BATCH, [ack.device_id for ack in batch], [ack.up_to for ack in batch]
                 )
+            )
+
+        async def forget_old(conn: Conn) -> None:
+            await conn.execute(
+                _FORGET_MSG_IDS, [d for d, _ in forget], [cutoff for _, cutoff in forget]
             )
 
         try:
@@ -798,6 +814,11 @@ class PostgresStore:
         for ack in batch:
             if not ack.future.done():
                 ack.future.set_result(deleted.get(ack.device_id, 0))
+        if forget:
+            try:
+                await self._statement(forget_old)
+            except LocalError:  # logged; the rows wait for the next sweep
+                pass
 
     async def _deposit_batch(self, batch: list[_Pending]) -> None:
         """Write ``batch`` in one statement and answer each depositor."""

@@ -44,11 +44,11 @@ from samizdat.errors import ErrorCode, LocalError, ProtocolError
 from samizdat.protocol import limits
 from samizdat.protocol.keys import DeviceKeys, SignedDeviceList, SignedKey
 from samizdat.server.store.base import (
-    MSG_ID_RETENTION_MS,
     DepositItem,
     DepositResult,
     KeyCounts,
     MailboxEntry,
+    MsgIdSweeps,
     RegisteredDevice,
     shared_bodies,
 )
@@ -64,11 +64,6 @@ _T = TypeVar("_T")
 _MAX_BATCH: Final = 512
 #: Ids per ``IN (...)`` list (under SQLite's oldest host-parameter limit, 999).
 _IN_CHUNK: Final = 500
-#: An acknowledgement forgets its device's msg_ids past retention at most this often
-#: (ms): once per ack was a statement per envelope for rows that age by the day.
-_MSG_ID_SWEEP_MS: Final = 3600 * 1000
-#: Devices whose last sweep is remembered; past this all are forgotten (and swept again).
-_MAX_SWEPT_DEVICES: Final = 100_000
 
 # The statements of every envelope (bench/sqlite_statements.py times these very strings).
 #: Deposit: remember the msg_id (no row: a duplicate).
@@ -300,8 +295,7 @@ class SqliteStore:
         self._user_devices: ReadCache[bytes, frozenset[bytes]] = ReadCache()
         # The committed tail of each mailbox, so a live consumer's fetch skips the reader.
         self._recent = RecentEntries()
-        # When each device's old msg_ids were last forgotten (ack()).
-        self._msg_ids_swept: dict[bytes, int] = {}
+        self._msg_id_sweeps = MsgIdSweeps()
         self._open_error: BaseException | None = None
 
     def __repr__(self) -> str:
@@ -707,14 +701,10 @@ class SqliteStore:
             deleted = cur.rowcount
             if deleted:
                 conn.execute(SHRINK_MAILBOX, (deleted, device_id))
-            swept = self._msg_ids_swept
-            if now_ms - swept.get(device_id, -_MSG_ID_SWEEP_MS) >= _MSG_ID_SWEEP_MS:
-                if len(swept) >= _MAX_SWEPT_DEVICES:
-                    swept.clear()
-                swept[device_id] = now_ms
+            cutoff = self._msg_id_sweeps.cutoff(device_id, now_ms)
+            if cutoff is not None:
                 conn.execute(
-                    "DELETE FROM msg_ids WHERE device_id = ? AND at < ?",
-                    (device_id, now_ms - MSG_ID_RETENTION_MS),
+                    "DELETE FROM msg_ids WHERE device_id = ? AND at < ?", (device_id, cutoff)
                 )
             return deleted
 
