@@ -79,9 +79,16 @@ KEEP_SESSIONS = KEEP_OLM_SESSIONS
 BATCH_KEYS = 5
 LOW_KEYS = 2
 #: Reasons an intended, unmodified entry may legitimately not be shown.
+#: A group entry held for its room key, and whether it came as a late replay.
+_Held = tuple["Entry", bool]
+#: group_inbox's caps on messages held for their room key.
+HELD_PER_SESSION = 64
+HELD_SESSIONS = 64
 EXPECTED = frozenset(
     {
-        "room key not received",  # its RoomKey entry was dropped, or is still queued
+        # Its RoomKey entry was dropped, or is still queued: the message is held, and opened
+        # (and judged again) when the key comes.
+        "room key not received",
         "group sender removed",  # the receiver drops messages from former members
         "receiver removed",  # a former member drops all traffic of the group
         "already shown",  # a duplicate or replay: deduped
@@ -124,6 +131,9 @@ class Device:
     #: session id -> (pickled inbound session, sender device index). Kept pickled, as the
     #: client's store keeps it (``gin`` records) and unpickles it for each message.
     inbound: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: session id -> group entries that came before its room key, opened when it comes
+    #: (``group_inbox._hold_box``; with each, whether it was a late replay).
+    held: dict[str, list[_Held]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, index: int) -> Device:
@@ -148,6 +158,19 @@ class Device:
         self.outbound = None
         if outbound is not None:
             self.outbound = (MegolmOutbound.from_pickle(outbound[0], _PICKLE_KEY), outbound[1])
+
+
+def _hold(held: dict[str, list[_Held]], session_id: str, item: _Held) -> None:
+    """``group_inbox._hold_box``'s caps: per session, then the oldest session goes."""
+    if not session_id:
+        return
+    boxes = held.get(session_id, [])
+    if len(boxes) >= HELD_PER_SESSION:
+        return
+    held.pop(session_id, None)
+    held[session_id] = boxes + [item]  # now the newest
+    while len(held) > HELD_SESSIONS:
+        del held[next(iter(held))]
 
 
 @dataclass
@@ -314,6 +337,7 @@ class Fuzzer:
         back for thousands of others may no longer open (a loss, not a breach).
         """
         device = self.devices[to]
+        box = None
         try:
             box = decode_group_box(entry.body)
             if box is not None:
@@ -330,6 +354,8 @@ class Fuzzer:
         self._judge(to, entry, outcome, late)
         if not outcome.startswith("does not decrypt"):
             self.opened.add((to, hash(entry.body)))
+        if outcome == "room key not received" and box is not None:
+            _hold(device.held, box.session_id, (entry, late))
 
     def _olm_entry(self, device: Device, entry: Entry) -> str:
         sealed = open_entry(device.sealing, entry.body)
@@ -372,6 +398,8 @@ class Fuzzer:
                 return
         device.inbound[key.session_id] = (inbound.pickle(_PICKLE_KEY), sender)
         self.keys_taken.add((device.index, key.session_id))
+        for held_entry, late in device.held.pop(key.session_id, []):
+            self._receive(device.index, held_entry, late)
 
     def _group_box(self, device: Device, box: GroupBox, entry: Entry) -> str:
         """``group_inbox.on_group_box``."""

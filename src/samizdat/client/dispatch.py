@@ -19,15 +19,16 @@ from samizdat.protocol.control import (
 )
 
 if TYPE_CHECKING:
-    from samizdat.client.app import Client
+    from samizdat.client.app import Client, Received
 
 __all__ = ["on_control"]
 
 log = logging.getLogger(__name__)
 
 
-def on_control(client: Client, sender_key: bytes, data: bytes) -> None:
-    """Handle one control message from the device with Olm identity ``sender_key``.
+def on_control(client: Client, sender_key: bytes, data: bytes) -> list[Received]:
+    """Handle one control message from the device with Olm identity ``sender_key``;
+    returns the messages it made readable (group messages held for a room key).
 
     Called inside the store transaction of the mailbox entry that carried it.
 
@@ -36,7 +37,7 @@ def on_control(client: Client, sender_key: bytes, data: bytes) -> None:
     """
     cid = client._store.get("ident", sender_key)
     if cid is not None and client._contact(cid).state == ContactState.BLOCKED:
-        return
+        return []
     control = decode_control(data)
     match control:
         case LinkRequest():
@@ -48,8 +49,9 @@ def on_control(client: Client, sender_key: bytes, data: bytes) -> None:
         case GroupUpdate():
             group_inbox.on_group_update(client, sender_key, control)
         case RoomKey():
-            group_inbox.on_room_key(client, sender_key, control)
+            return group_inbox.on_room_key(client, sender_key, control)
         case VerifyKey() | VerifyMac():
             verification.on_verify_control(client, sender_key, control)
         case _:
             log.info("ignored a %s control outside its exchange", type(control).__name__)
+    return []

@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 
 #: Room keys held for groups (or senders) we do not know yet.
 _MAX_PENDING_KEYS = 256
+#: Group messages held until their room key comes: per Megolm session, and sessions.
+_MAX_HELD_PER_SESSION = 64
+_MAX_HELD_SESSIONS = 64
 #: A synced group entry's size; below the sync message budget of client/devices.py.
 _SYNC_GROUP_BYTES = 38_000
 
@@ -145,7 +148,9 @@ def on_group_update(client: Client, sender_key: bytes, update: GroupUpdate) -> N
         _save(client, group_id, record)
 
 
-def on_room_key(client: Client, sender_key: bytes, key: RoomKey) -> None:
+def on_room_key(client: Client, sender_key: bytes, key: RoomKey) -> list[Received]:
+    """Keep a member's room key; returns the messages held for it (``_hold_box``), now
+    opened and stored."""
     record = _load(client, key.group_id)
     sender = b""  # not known yet: the key may come before the state (see _hold_pending)
     if record is not None and not record.gone:
@@ -155,18 +160,18 @@ def on_room_key(client: Client, sender_key: bytes, key: RoomKey) -> None:
     try:
         inbound = MegolmInbound.from_session_key(key.session_key)
     except DecryptionError:
-        return
+        return []
     if inbound.session_id != key.session_id:
-        return
+        return []
     with client._store.locked():
         raw = client._store.get("gin", key.session_id)
         if raw is not None:
             held = msgspec.msgpack.decode(raw, type=InboundRecord)
             if held.sender_identity != sender_key:
-                return
+                return []
             current = MegolmInbound.from_pickle(held.pickle, client._store.pickle_key)
             if current.first_known_index <= inbound.first_known_index:
-                return
+                return []
         if not sender:
             _hold_pending(client, key.session_id)
         client._store.put(
@@ -181,6 +186,7 @@ def on_room_key(client: Client, sender_key: bytes, key: RoomKey) -> None:
                 )
             ),
         )
+        return _replay_held(client, key.session_id)
 
 
 def _hold_pending(client: Client, session_id: str) -> None:
@@ -198,6 +204,58 @@ def _hold_pending(client: Client, session_id: str) -> None:
         if stale is not None and not msgspec.msgpack.decode(stale, type=InboundRecord).sender_user:
             client._store.delete("gin", old)
     client._store.put("gpend", "", msgspec.msgpack.encode(held[-_MAX_PENDING_KEYS:]))
+
+
+def _hold_box(client: Client, box: GroupBox) -> None:
+    """Keep a group message that came before its room key, to open when the key comes.
+
+    The key travels over Olm to each device and the message as one fan-out; a key whose
+    deposit had to be retried (the sender went offline between the two) reaches the mailbox
+    after the message. The caps bound what a stranger's made-up session ids can make us
+    store; the oldest session's messages go first.
+    """
+    if not box.session_id:
+        return
+    raw = client._store.get("gheld", box.session_id)
+    boxes = [] if raw is None else msgspec.msgpack.decode(raw, type=list[GroupBox])
+    if len(boxes) >= _MAX_HELD_PER_SESSION:
+        log.info("dropped a group message whose key we do not hold (too many held)")
+        return
+    boxes.append(box)
+    client._store.put("gheld", box.session_id, msgspec.msgpack.encode(boxes))
+    raw = client._store.get("gheldq", "")
+    order = [] if raw is None else msgspec.msgpack.decode(raw, type=list[str])
+    order = [s for s in order if s != box.session_id] + [box.session_id]
+    for old in order[:-_MAX_HELD_SESSIONS]:
+        client._store.delete("gheld", old)
+        log.info("dropped group messages whose key never came")
+    client._store.put("gheldq", "", msgspec.msgpack.encode(order[-_MAX_HELD_SESSIONS:]))
+    log.info("holding a group message until its room key comes")
+
+
+def _replay_held(client: Client, session_id: str) -> list[Received]:
+    """Open the messages held for ``session_id`` now that its key is here, in the order
+    they came (a state change before the messages that need it)."""
+    raw = client._store.get("gheld", session_id)
+    if raw is None:
+        return []
+    client._store.delete("gheld", session_id)
+    raw_order = client._store.get("gheldq", "")
+    if raw_order is not None:
+        order = msgspec.msgpack.decode(raw_order, type=list[str])
+        client._store.put(
+            "gheldq", "", msgspec.msgpack.encode([s for s in order if s != session_id])
+        )
+    shown: list[Received] = []
+    for box in msgspec.msgpack.decode(raw, type=list[GroupBox]):
+        try:
+            received = on_group_box(client, box)
+        except (DecryptionError, ProtocolError, msgspec.ValidationError) as exc:
+            log.info("dropped a held group message that does not open: %s", type(exc).__name__)
+            continue
+        if received is not None:
+            shown.append(received)
+    return shown
 
 
 def _bind_sender(client: Client, session_id: str, held: InboundRecord) -> InboundRecord | None:
@@ -237,7 +295,7 @@ def on_group_box(client: Client, box: GroupBox) -> Received | None:
 
     raw = client._store.get("gin", box.session_id)
     if raw is None:
-        log.info("dropped a group message whose key we do not hold")
+        _hold_box(client, box)
         return None
     held = msgspec.msgpack.decode(raw, type=InboundRecord)
     inbound = MegolmInbound.from_pickle(held.pickle, client._store.pickle_key)

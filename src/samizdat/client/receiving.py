@@ -115,10 +115,8 @@ async def listen(
                 # send them again on this connection, so keep them for the next call.
                 conn.backlog = entries[index:]
                 break
-            received = process(client, entry)
+            batch += process(client, entry)
             last = entry.seq
-            if received is not None:
-                batch.append(received)
         if last:
             with contextlib.suppress(RemoteError):
                 await conn.call(frames.Ack(rid=0, up_to=last), frames.Ok)
@@ -140,24 +138,26 @@ async def subscribe(client: Client, conn: Connection) -> None:
         conn.subscribed = True
 
 
-def process(client: Client, entry: frames.Entry) -> Received | None:
-    """Decrypt, store and dedupe one entry (in one locked transaction)."""
+def process(client: Client, entry: frames.Entry) -> list[Received]:
+    """Decrypt, store and dedupe one entry (in one locked transaction); returns the
+    messages to show: its own, or those a room key in it made readable."""
     with client._store.locked():
         raw = client._store.get("cursor", "")
         if raw and entry.seq <= int.from_bytes(raw, "big"):
-            return None
+            return []
         client._store.put("cursor", "", entry.seq.to_bytes(8, "big"))
         try:
             box = decode_group_box(entry.body)
             if box is not None:
-                return group_inbox.on_group_box(client, box)
+                received = group_inbox.on_group_box(client, box)
+                return [] if received is None else [received]
             return open_mailbox_entry(client, entry)
         except (DecryptionError, ProtocolError, msgspec.ValidationError) as exc:
             log.info("dropped a mailbox entry that does not open: %s", type(exc).__name__)
-            return None
+            return []
 
 
-def open_mailbox_entry(client: Client, entry: frames.Entry) -> Received | None:
+def open_mailbox_entry(client: Client, entry: frames.Entry) -> list[Received]:
     sealed = open_entry(client._sealing, entry.body)
     sender_key = sealed.sender_identity_key
     sessions = client._load_sessions(sender_key)
@@ -165,24 +165,23 @@ def open_mailbox_entry(client: Client, entry: frames.Entry) -> Received | None:
     client._save_sessions(sender_key, sessions)
     payload = decode_payload(unpad(plaintext))
     if payload.kind == PayloadKind.CONTROL and payload.control is not None:
-        on_control(client, sender_key, payload.control)
-        return None
+        return on_control(client, sender_key, payload.control)
     if payload.action is not None and payload.action.receipt is not None:
         # Receipts also come from group members who are not contacts.
         message_actions.on_receipt(client, sender_key, payload)
-        return None
+        return []
     contact = sender_contact(client, sender_key, payload)
     if contact is None or contact.state == ContactState.BLOCKED:
-        return None
+        return []
     if not contact.answered:
         contact.answered = True
         client._save_contact(contact)
     seen = contact.user_key + payload.msg_id
     if client._store.get("seen", seen) is not None:
-        return None
+        return []
     client._store.put("seen", seen, b"")
     if not message_actions.on_message(client, contact, payload):
-        return None  # a reaction, edit, deletion or timer change, or already expired
+        return []  # a reaction, edit, deletion or timer change, or already expired
     if payload.attachment is not None:
         attachments.remember(client._store, payload.msg_id, payload.attachment)
     rec.append_history(
@@ -194,7 +193,7 @@ def open_mailbox_entry(client: Client, entry: frames.Entry) -> Received | None:
         payload.sent_at,
         entry.received_at,
     )
-    return Received(
+    received = Received(
         sender=contact.name,
         text=payload.text,
         id=payload.msg_id.hex(),
@@ -202,6 +201,7 @@ def open_mailbox_entry(client: Client, entry: frames.Entry) -> Received | None:
         request=contact.state == ContactState.REQUEST,
         attachment=attachments.summary(payload.attachment) if payload.attachment else None,
     )
+    return [received]
 
 
 def sender_contact(client: Client, sender_key: bytes, payload: Payload) -> Contact | None:

@@ -1,0 +1,109 @@
+"""A group message that reaches a device before its room key waits for the key.
+
+The sender's outbox shares a Megolm room key before it fans out the messages that need it,
+so on an honest path the key is first in every mailbox. Here the entries are taken out of
+the receiver's mailbox unread and put back with the fan-outs first (as a network, a relay or
+a server could reorder them): the messages must be held, then shown once the key comes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import msgspec
+
+from samizdat.client import group_inbox, groups
+from samizdat.client.app import Client
+from samizdat.client.groups import _own_card
+from samizdat.client.receiving import subscribe
+from samizdat.protocol import frames
+from samizdat.protocol.control import (
+    GROUP_BOX_VERSION,
+    GroupBox,
+    decode_group_box,
+    encode_group_box,
+)
+from tests.e2e.harness import ServerProcess
+from tests.groups.helpers import befriend, drain, new_user
+
+
+async def _take_unread(client: Client) -> list[frames.Entry]:
+    """Everything waiting in ``client``'s mailbox, acknowledged but not opened."""
+    conn = await client._own()
+    await subscribe(client, conn)
+    entries: list[frames.Entry] = []
+    while (deliver := await conn.next_delivery(1.0)) is not None:
+        entries += deliver.entries
+    await conn.call(frames.Ack(rid=0, up_to=entries[-1].seq), frames.Ok)
+    return entries
+
+
+async def _put_back(client: Client, bodies: list[bytes]) -> None:
+    """Deposit ``bodies`` into ``client``'s own mailbox again, in this order."""
+    card = await _own_card(client)
+    conn = await client._own()
+    for body in bodies:
+        envelope = frames.Envelope(
+            device_id=client._identity.device_id, msg_id=secrets.token_bytes(16), body=body
+        )
+        await conn.call(
+            frames.Deposit(rid=0, token=card.token, envelopes=[envelope]), frames.DepositOk
+        )
+
+
+async def test_group_messages_before_their_room_key_are_shown_when_it_comes(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    ann = await new_user(tmp_path, "ann", server.link)
+    bea = await new_user(tmp_path, "bea", server.link)
+    try:
+        await befriend(ann, bea)
+        name = await groups.create(ann, "pair", ["bea"])
+        await groups.send(ann, name, "first words")
+        await groups.send(ann, name, "second words")
+        entries = await _take_unread(bea)
+        fanned = [e.body for e in entries if decode_group_box(e.body) is not None]
+        sealed = [e.body for e in entries if decode_group_box(e.body) is None]
+        # The group's state and both messages travel in ann's Megolm session; its key
+        # and the invitation over Olm.
+        assert len(fanned) >= 2 and sealed
+
+        await _put_back(bea, fanned + sealed)
+        shown = await drain(bea)
+
+        assert [(m.group, m.sender, m.text) for m in shown] == [
+            ("pair", "ann", "first words"),
+            ("pair", "ann", "second words"),
+        ]
+        assert [m.name for m in groups.list_groups(bea)] == ["pair"]
+        # Held no longer: the same entries again are duplicates, shown nowhere.
+        await _put_back(bea, fanned)
+        assert await drain(bea) == []
+    finally:
+        await ann.close()
+        await bea.close()
+
+
+async def test_what_is_held_for_keys_that_never_come_is_bounded(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """Anyone who can deposit can make up session ids: the oldest sessions' messages go."""
+    bea = await new_user(tmp_path, "bea", server.link)
+    try:
+        made_up = [
+            encode_group_box(
+                GroupBox(v=GROUP_BOX_VERSION, session_id=f"s{i:03}", megolm=b"\0" * 64)
+            )
+            for i in range(group_inbox._MAX_HELD_SESSIONS + 6)
+        ]
+        many = [made_up[-1]] * (group_inbox._MAX_HELD_PER_SESSION + 5)
+        await _put_back(bea, made_up + many)
+        assert await drain(bea) == []
+        assert len(bea._store.values("gheld")) == group_inbox._MAX_HELD_SESSIONS
+        assert bea._store.get("gheld", "s000") is None  # the oldest went first
+        last = bea._store.get("gheld", f"s{len(made_up) - 1:03}")
+        assert last is not None
+        assert len(msgspec.msgpack.decode(last)) == group_inbox._MAX_HELD_PER_SESSION
+    finally:
+        await bea.close()
