@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from samizdat.client import devices
@@ -10,11 +12,24 @@ from samizdat.client.app import Client, Received
 from samizdat.crypto.sas import SasCode
 from tests.e2e.harness import PASSPHRASE
 
-__all__ = ["befriend", "drain", "link", "new_user", "Codes"]
+__all__ = ["befriend", "drain", "link", "new_user", "users", "Codes"]
 
 
 async def new_user(root: Path, name: str, server_link: str) -> Client:
     return await Client.create(root / name, PASSPHRASE, server_link, name)
+
+
+@contextlib.asynccontextmanager
+async def users(root: Path, server_link: str, *names: str) -> AsyncIterator[list[Client]]:
+    """New users, one per name, closed on the way out."""
+    clients: list[Client] = []
+    try:
+        for name in names:
+            clients.append(await new_user(root, name, server_link))
+        yield clients
+    finally:
+        for client in clients:
+            await client.close()
 
 
 async def drain(client: Client, idle: float = 1.0) -> list[Received]:

@@ -25,7 +25,7 @@ from samizdat.protocol.control import (
     encode_group_box,
 )
 from tests.e2e.harness import ServerProcess
-from tests.groups.helpers import befriend, drain, new_user
+from tests.groups.helpers import befriend, drain, users
 
 
 async def _take_unread(client: Client) -> list[frames.Entry]:
@@ -55,9 +55,7 @@ async def _put_back(client: Client, bodies: list[bytes]) -> None:
 async def test_group_messages_before_their_room_key_are_shown_when_it_comes(
     tmp_path: Path, server: ServerProcess
 ) -> None:
-    ann = await new_user(tmp_path, "ann", server.link)
-    bea = await new_user(tmp_path, "bea", server.link)
-    try:
+    async with users(tmp_path, server.link, "ann", "bea") as (ann, bea):
         await befriend(ann, bea)
         name = await groups.create(ann, "pair", ["bea"])
         await groups.send(ann, name, "first words")
@@ -80,17 +78,13 @@ async def test_group_messages_before_their_room_key_are_shown_when_it_comes(
         # Held no longer: the same entries again are duplicates, shown nowhere.
         await _put_back(bea, fanned)
         assert await drain(bea) == []
-    finally:
-        await ann.close()
-        await bea.close()
 
 
 async def test_what_is_held_for_keys_that_never_come_is_bounded(
     tmp_path: Path, server: ServerProcess
 ) -> None:
     """Anyone who can deposit can make up session ids: the oldest sessions' messages go."""
-    bea = await new_user(tmp_path, "bea", server.link)
-    try:
+    async with users(tmp_path, server.link, "bea") as (bea,):
         made_up = [
             encode_group_box(
                 GroupBox(v=GROUP_BOX_VERSION, session_id=f"s{i:03}", megolm=b"\0" * 64)
@@ -105,5 +99,3 @@ async def test_what_is_held_for_keys_that_never_come_is_bounded(
         last = bea._store.get("gheld", f"s{len(made_up) - 1:03}")
         assert last is not None
         assert len(msgspec.msgpack.decode(last)) == group_inbox._MAX_HELD_PER_SESSION
-    finally:
-        await bea.close()
