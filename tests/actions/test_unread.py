@@ -8,7 +8,7 @@ from pathlib import Path
 from samizdat.client import read_marks, timers
 from samizdat.client.app import Client
 from tests.e2e.harness import ServerProcess
-from tests.groups.helpers import befriend, drain, new_user
+from tests.groups.helpers import befriend, drain, users
 
 
 def _arrivals(client: Client, name: str) -> list[int]:
@@ -18,9 +18,7 @@ def _arrivals(client: Client, name: str) -> list[int]:
 async def test_unread_counts_after_seen_messages_expire(
     tmp_path: Path, server: ServerProcess
 ) -> None:
-    alice = await new_user(tmp_path, "alice", server.link)
-    bob = await new_user(tmp_path, "bob", server.link)
-    try:
+    async with users(tmp_path, server.link, "alice", "bob") as (alice, bob):
         await befriend(alice, bob)
         chat = "contact:alice"
         assert read_marks.unread(bob, chat, _arrivals(bob, "alice")) == 1  # "hi bob"
@@ -42,6 +40,3 @@ async def test_unread_counts_after_seen_messages_expire(
         assert read_marks.unread(bob, chat, _arrivals(bob, "alice")) == 2
         read_marks.mark_seen(bob, chat, _arrivals(bob, "alice"))
         assert read_marks.unread(bob, chat, _arrivals(bob, "alice")) == 0
-    finally:
-        await alice.close()
-        await bob.close()

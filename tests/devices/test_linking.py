@@ -7,15 +7,13 @@ from pathlib import Path
 from samizdat.client import devices
 from samizdat.errors import ServerRefused
 from tests.e2e.harness import ServerProcess
-from tests.groups.helpers import befriend, drain, link, new_user
+from tests.groups.helpers import befriend, drain, link, users
 
 
 async def test_link_confirms_same_code_and_messages_reach_every_device(
     tmp_path: Path, server: ServerProcess
 ) -> None:
-    alice = await new_user(tmp_path, "alice", server.link)
-    bob = await new_user(tmp_path, "bob", server.link)
-    try:
+    async with users(tmp_path, server.link, "alice", "bob") as (alice, bob):
         await befriend(alice, bob)
         await alice.send("bob", "before linking")
         await drain(bob)
@@ -43,17 +41,12 @@ async def test_link_confirms_same_code_and_messages_reach_every_device(
             assert [(m.sender, m.text) for m in got][-1] == ("alice", "sent from the laptop")
         finally:
             await laptop.close()
-    finally:
-        await alice.close()
-        await bob.close()
 
 
 async def test_revoked_device_gets_nothing_new_and_its_keys_are_rejected(
     tmp_path: Path, server: ServerProcess
 ) -> None:
-    alice = await new_user(tmp_path, "alice", server.link)
-    bob = await new_user(tmp_path, "bob", server.link)
-    try:
+    async with users(tmp_path, server.link, "alice", "bob") as (alice, bob):
         await befriend(alice, bob)
         laptop, _, _ = await link(alice, tmp_path / "alice-laptop")
         await drain(bob)
@@ -74,6 +67,3 @@ async def test_revoked_device_gets_nothing_new_and_its_keys_are_rejected(
         await laptop.send("bob", "from a revoked device")
         assert await drain(bob) == []
         await laptop.close()
-    finally:
-        await alice.close()
-        await bob.close()

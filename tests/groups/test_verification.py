@@ -11,15 +11,13 @@ from samizdat.client import actions, verification
 from samizdat.client.app import Client
 from samizdat.errors import KeyChanged, LocalError
 from tests.e2e.harness import PASSPHRASE, ServerProcess
-from tests.groups.helpers import Codes, befriend, drain, new_user
+from tests.groups.helpers import Codes, befriend, drain, new_user, users
 
 
 async def test_sas_verification_over_the_encrypted_channel(
     tmp_path: Path, server: ServerProcess
 ) -> None:
-    alice = await new_user(tmp_path, "alice", server.link)
-    bob = await new_user(tmp_path, "bob", server.link)
-    try:
+    async with users(tmp_path, server.link, "alice", "bob") as (alice, bob):
         await befriend(alice, bob)
         a_codes, b_codes = Codes(), Codes()
         await asyncio.gather(
@@ -30,17 +28,12 @@ async def test_sas_verification_over_the_encrypted_channel(
         assert len(a_codes.seen[0].emoji) == 7
         assert alice._contact_by_name("bob").verified
         assert bob._contact_by_name("alice").verified
-    finally:
-        await alice.close()
-        await bob.close()
 
 
 async def test_sas_refused_by_one_user_verifies_nobody(
     tmp_path: Path, server: ServerProcess
 ) -> None:
-    alice = await new_user(tmp_path, "alice", server.link)
-    bob = await new_user(tmp_path, "bob", server.link)
-    try:
+    async with users(tmp_path, server.link, "alice", "bob") as (alice, bob):
         await befriend(alice, bob)
         results = await asyncio.gather(
             verification.verify(alice, "bob", Codes(answer=False), 10.0),
@@ -50,9 +43,6 @@ async def test_sas_refused_by_one_user_verifies_nobody(
         assert all(isinstance(r, LocalError) for r in results)
         assert not alice._contact_by_name("bob").verified
         assert not bob._contact_by_name("alice").verified
-    finally:
-        await alice.close()
-        await bob.close()
 
 
 async def test_key_change_changes_safety_number_and_blocks_until_trust(
