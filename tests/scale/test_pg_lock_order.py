@@ -122,3 +122,27 @@ async def test_mixed_writers_keep_counters_and_refs_exact(
     assert len(sizes) == len(devices)
     assert all(size == count for _, size, count in sizes)
     assert all(n == count and n > 0 for _, n, count in refs)
+
+
+async def test_two_nodes_storing_one_retry_in_opposite_orders_never_deadlock(
+    store: PostgresStore, schema: str
+) -> None:
+    """A retried deposit can reach two nodes at once, its envelopes in another order on
+    each (two senders' batches, a reordered resend). Each node writes a batch's msg_ids in
+    (device, msg_id) order, so the two wait on the unique index in one order: no cycle."""
+    other = PostgresStore(PG_DSN, schema=schema, pool_size=4)
+    await other.open()
+    try:
+        device = os.urandom(16)
+        for round_ in range(40):
+            items = [DepositItem(device, os.urandom(16), b"retry") for _ in range(20)]
+            results = await asyncio.gather(
+                store.deposit(items, RECENT_MS), other.deposit(items[::-1], RECENT_MS)
+            )
+            assert sum(r.stored for r in results) == len(items), round_
+            assert sum(r.duplicates for r in results) == len(items), round_
+        assert await store.mailbox_size(device) == 40 * 20
+        retried = store.retried + other.retried
+        assert retried["DeadlockDetectedError"] == 0, retried
+    finally:
+        await other.close()

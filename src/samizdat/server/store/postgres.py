@@ -107,7 +107,9 @@ WITH input AS (
         $1::BYTEA[], $2::BYTEA[], $3::BYTEA[], $4::BIGINT[], $5::INT[], $8::INT[]
     ) AS t (device_id, msg_id, body, expires_at, pos, body_ref)
 ), fresh AS (
-    INSERT INTO msg_ids SELECT device_id, msg_id, $6 FROM input ORDER BY pos
+    -- In key order, not the batch's: two nodes writing one retried deposit (its envelopes
+    -- in other orders) then wait on the unique index in one order, never on each other.
+    INSERT INTO msg_ids SELECT device_id, msg_id, $6 FROM input ORDER BY device_id, msg_id
     ON CONFLICT DO NOTHING RETURNING device_id, msg_id
 ), ranked AS (
     SELECT i.device_id, i.msg_id, i.body, i.expires_at, i.pos, i.body_ref,
