@@ -209,10 +209,11 @@ def _hold_pending(client: Client, session_id: str) -> None:
 def _hold_box(client: Client, box: GroupBox) -> None:
     """Keep a group message that came before its room key, to open when the key comes.
 
-    The key travels over Olm to each device and the message as one fan-out; a key whose
-    deposit had to be retried (the sender went offline between the two) reaches the mailbox
-    after the message. The caps bound what a stranger's made-up session ids can make us
-    store; the oldest session's messages go first.
+    The key travels over Olm to each device and the message as one fan-out; the sender's
+    outbox stores the key first, so on an honest path it is first in the mailbox, but a
+    path that delays or reorders entries can put the message first. The caps bound what a
+    stranger's made-up session ids can make us store; the oldest session's messages go
+    first.
     """
     if not box.session_id:
         return
