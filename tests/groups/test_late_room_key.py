@@ -99,3 +99,39 @@ async def test_what_is_held_for_keys_that_never_come_is_bounded(
         last = bea._store.get("gheld", f"s{len(made_up) - 1:03}")
         assert last is not None
         assert len(msgspec.msgpack.decode(last)) == group_inbox._MAX_HELD_PER_SESSION
+
+
+async def test_a_new_members_message_before_the_state_that_adds_them_is_shown_after_it(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """cid's first message can reach bea before ann's state change that makes cid a member
+    (ann's deposit to bea's server delayed or retried, cid quick to write): held, shown
+    once the state comes."""
+    async with users(tmp_path, server.link, "ann", "bea", "cid") as (ann, bea, cid):
+        await befriend(ann, bea)
+        await befriend(ann, cid)
+        name = await groups.create(ann, "trio", ["bea"])
+        await drain(bea)
+        await groups.add(ann, name, ["cid"])
+        await drain(cid)
+        await groups.send(cid, "trio", "hello from cid")
+        entries = await _take_unread(bea)
+        anns = {
+            box.session_id
+            for e in entries
+            if (box := decode_group_box(e.body)) is not None
+            and bea._store.get("gin", box.session_id) is not None
+        }
+        first = [e.body for e in entries if _session(e.body) not in anns]  # cid's, Olm
+        later = [e.body for e in entries if _session(e.body) in anns]  # ann's state change
+        assert later and any(_session(b) for b in first)
+
+        await _put_back(bea, first + later)
+
+        shown = await drain(bea)
+        assert [(m.group, m.sender, m.text) for m in shown] == [("trio", "cid", "hello from cid")]
+
+
+def _session(body: bytes) -> str | None:
+    box = decode_group_box(body)
+    return None if box is None else box.session_id

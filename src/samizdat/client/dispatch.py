@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def on_control(client: Client, sender_key: bytes, data: bytes) -> list[Received]:
     """Handle one control message from the device with Olm identity ``sender_key``;
-    returns the messages it made readable (group messages held for a room key).
+    returns the messages it made readable (group messages held for a room key or a state).
 
     Called inside the store transaction of the mailbox entry that carried it.
 
@@ -47,7 +47,7 @@ def on_control(client: Client, sender_key: bytes, data: bytes) -> list[Received]
         case SentCopy():
             devices.on_own_payload(client, sender_key, control)
         case GroupUpdate():
-            group_inbox.on_group_update(client, sender_key, control)
+            return group_inbox.on_group_update(client, sender_key, control)
         case RoomKey():
             return group_inbox.on_room_key(client, sender_key, control)
         case VerifyKey() | VerifyMac():

@@ -91,13 +91,14 @@ def _sender_user(client: Client, record: GroupRecord | None, sender_key: bytes) 
     return None
 
 
-def on_group_update(client: Client, sender_key: bytes, update: GroupUpdate) -> None:
-    """Apply a signed state from a member device (dropped if not allowed)."""
+def on_group_update(client: Client, sender_key: bytes, update: GroupUpdate) -> list[Received]:
+    """Apply a signed state from a member device (dropped if not allowed); returns the
+    held messages of senders it made members (``_hold_box``), now opened and stored."""
     try:
         incoming = decode_group_state(update.state)
     except ProtocolError:
         log.info("dropped a group update that does not verify")
-        return
+        return []
     group_id = incoming.group_id
     record = _load(client, group_id)
     held = None if record is None else decode_group_state(record.state)
@@ -113,23 +114,23 @@ def on_group_update(client: Client, sender_key: bytes, update: GroupUpdate) -> N
         signer = _sender_user(client, probe, sender_key)
     if signer != update.state.signer:
         log.info("dropped a group update not sent by its signer")
-        return
+        return []
     if held is not None and incoming.version == held.version:
         # Another part of an update we hold: only its cards are new.
         if record is None or update.state.body != record.state.body:
-            return
+            return []
         state = held
     else:
         try:
             state = apply_update(held, update.state)
         except ProtocolError:
             log.info("dropped a group update that is not allowed")
-            return
+            return []
     members_now = set(state.user_keys())
     with client._store.locked():
         if record is None:
             if client.own_user_key not in members_now:
-                return
+                return []
             record = GroupRecord(
                 state=update.state,
                 cards=[],
@@ -146,6 +147,7 @@ def on_group_update(client: Client, sender_key: bytes, update: GroupUpdate) -> N
         record.cards = [c for u, c in by_user.items() if u in members_now]
         record.gone = client.own_user_key not in members_now
         _save(client, group_id, record)
+        return [] if record.gone else _replay_group(client, group_id)
 
 
 def on_room_key(client: Client, sender_key: bytes, key: RoomKey) -> list[Received]:
@@ -207,13 +209,15 @@ def _hold_pending(client: Client, session_id: str) -> None:
 
 
 def _hold_box(client: Client, box: GroupBox) -> None:
-    """Keep a group message that came before its room key, to open when the key comes.
+    """Keep a group message we cannot open or place yet: its room key has not come
+    (``on_room_key`` replays it), or its sender is not yet a member in the state we hold
+    (``on_group_update`` replays the group's held messages).
 
-    The key travels over Olm to each device and the message as one fan-out; the sender's
-    outbox stores the key first, so on an honest path it is first in the mailbox, but a
-    path that delays or reorders entries can put the message first. The caps bound what a
-    stranger's made-up session ids can make us store; the oldest session's messages go
-    first.
+    The sender's outbox stores the key before the message, so on an honest path the key
+    is first, but a path that delays or reorders entries can put the message first; and a
+    new member's first message comes from them, while the state that adds them comes from
+    whoever added them, over another path. The caps bound what a stranger's made-up session
+    ids can make us store; the oldest session's messages go first.
     """
     if not box.session_id:
         return
@@ -250,12 +254,21 @@ def _replay_held(client: Client, session_id: str) -> list[Received]:
     shown: list[Received] = []
     for box in msgspec.msgpack.decode(raw, type=list[GroupBox]):
         try:
-            received = on_group_box(client, box)
+            shown += on_group_box(client, box)
         except (DecryptionError, ProtocolError, msgspec.ValidationError) as exc:
             log.info("dropped a held group message that does not open: %s", type(exc).__name__)
-            continue
-        if received is not None:
-            shown.append(received)
+    return shown
+
+
+def _replay_group(client: Client, group_id: bytes) -> list[Received]:
+    """Open again what is held in ``group_id``'s sessions whose key we have (messages from
+    senders that were not yet members when they came)."""
+    raw = client._store.get("gheldq", "")
+    shown: list[Received] = []
+    for session_id in [] if raw is None else msgspec.msgpack.decode(raw, type=list[str]):
+        key = client._store.get("gin", session_id)
+        if key is not None and msgspec.msgpack.decode(key, type=InboundRecord).group_id == group_id:
+            shown += _replay_held(client, session_id)
     return shown
 
 
@@ -274,52 +287,56 @@ def _bind_sender(client: Client, session_id: str, held: InboundRecord) -> Inboun
     return bound
 
 
-def _on_state_text(client: Client, held: InboundRecord, text: GroupText) -> None:
+def _on_state_text(client: Client, held: InboundRecord, text: GroupText) -> list[Received]:
     """A state change or cards in a member's Megolm session: applied like a GroupUpdate."""
     state = text.state
     if state is None:
         record = _load(client, held.group_id)
         if record is None:
-            return
+            return []
         state = record.state
     cards = [
         ContactCard(devices=c.devices, server=text.servers[c.server], token=c.token, name=c.name)
         for c in text.cards
         if c.server < len(text.servers)
     ]
-    on_group_update(client, held.sender_identity, GroupUpdate(state=state, cards=cards))
+    return on_group_update(client, held.sender_identity, GroupUpdate(state=state, cards=cards))
 
 
-def on_group_box(client: Client, box: GroupBox) -> Received | None:
-    """Decrypt a fanned-out group message (called with the store locked)."""
+def on_group_box(client: Client, box: GroupBox) -> list[Received]:
+    """Decrypt a fanned-out group message (called with the store locked); returns what it
+    made readable: itself, or, for a state change, the held messages it lets in."""
     from samizdat.client.app import Received
 
     raw = client._store.get("gin", box.session_id)
     if raw is None:
         _hold_box(client, box)
-        return None
+        return []
     held = msgspec.msgpack.decode(raw, type=InboundRecord)
     inbound = MegolmInbound.from_pickle(held.pickle, client._store.pickle_key)
     plaintext, _index = inbound.decrypt(box.megolm)
     text = decode_group_text(unpad(plaintext))
     if text.group_id != held.group_id:
-        return None
+        return []
     if text.state is not None or text.cards:
-        _on_state_text(client, held, text)
-        return None
+        return _on_state_text(client, held, text)
     bound = _bind_sender(client, box.session_id, held)
     record = _load(client, held.group_id)
-    if bound is None or record is None or record.gone:
-        log.info("dropped a group message from a device not known as a member")
-        return None
+    if record is not None and record.gone:
+        return []
+    if bound is None or record is None:
+        # The state that makes its sender a member (or us one) can come after it, from
+        # another member over another path: kept until a state change lets it in.
+        _hold_box(client, box)
+        return []
     held = bound
     state = decode_group_state(record.state)
     if state.member(held.sender_user) is None:
         log.info("dropped a group message from a former member")
-        return None
+        return []
     own = held.sender_user == client.own_user_key
     if not on_group_text(client, held.group_id, held.sender_user, text, len(state.members)):
-        return None  # a reaction, edit, deletion, timer change or a duplicate (client/actions.py)
+        return []  # a reaction, edit, deletion, timer change or a duplicate (client/actions.py)
     if text.attachment is not None:
         from samizdat.client import attachments
 
@@ -334,8 +351,8 @@ def on_group_box(client: Client, box: GroupBox) -> Received | None:
         text.sent_at,
     )
     if not fresh or own:
-        return None
-    return Received(
+        return []
+    received = Received(
         sender=_member_name(client, record, held.sender_user),
         text=text.text,
         id=text.msg_id.hex(),
@@ -344,6 +361,7 @@ def on_group_box(client: Client, box: GroupBox) -> Received | None:
         group=record.name,
         attachment=_summary(text.attachment),
     )
+    return [received]
 
 
 def _summary(attachment: Attachment | None) -> AttachmentInfo | None:

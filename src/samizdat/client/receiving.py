@@ -149,8 +149,7 @@ def process(client: Client, entry: frames.Entry) -> list[Received]:
         try:
             box = decode_group_box(entry.body)
             if box is not None:
-                received = group_inbox.on_group_box(client, box)
-                return [] if received is None else [received]
+                return group_inbox.on_group_box(client, box)
             return open_mailbox_entry(client, entry)
         except (DecryptionError, ProtocolError, msgspec.ValidationError) as exc:
             log.info("dropped a mailbox entry that does not open: %s", type(exc).__name__)
