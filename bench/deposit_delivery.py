@@ -387,14 +387,11 @@ def main() -> None:
                 else "1 process, SQLite (WAL, synchronous=FULL)"
             )
         server = servers[0]
-        # (store URL, statement) when the latency phases must clean up after each backlog.
-        vacuum: tuple[str, str] | None = None
+        # The statement that cleans up after each backlog, when nothing else will.
+        vacuum: str | None = None
         if args.store and not asyncio.run(_pg_autovacuum(args.store)):
-            vacuum = (
-                args.store,
-                "VACUUM (ANALYZE) "
-                + ", ".join(f'"{schema}".{t}' for t in ("mailbox_entries", "mailboxes", "msg_ids")),
-            )
+            tables = ("mailbox_entries", "mailboxes", "msg_ids")
+            vacuum = "VACUUM (ANALYZE) " + ", ".join(f'"{schema}".{t}' for t in tables)
             print(
                 "PostgreSQL runs with autovacuum off here: after each backlog is taken, the "
                 "bench runs VACUUM (ANALYZE) on the mailbox tables, as autovacuum would "
@@ -443,7 +440,7 @@ def main() -> None:
                 ready.wait(60)  # one at a time: each takes its backlog unmeasured
                 ready.clear()
             if vacuum is not None:
-                asyncio.run(_pg_schema(vacuum[0], vacuum[1]))
+                asyncio.run(_pg_schema(args.store, vacuum))
             profiler = None
             if args.profile_rate == rate:
                 profiler = start_py_spy(server.pid, args.profile, args.duration + 2, gil=True)

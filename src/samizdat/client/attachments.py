@@ -433,11 +433,10 @@ async def fetch_attachment(
     server_key = descriptor.server_key
     part = out.with_name(f"{out.name}.{attachment.blob_id.hex()[:12]}.part")
     cipher = AttachmentCipher(attachment.key)
-    digest = hashlib.sha256()
     count = chunk_count(attachment.blob_plaintext)
     attempts = 0
     try:
-        index = await asyncio.to_thread(_resume_part, part, digest)
+        index, digest = await asyncio.to_thread(_resume_part, part)
         with part.open("ab") as fh:
             while index < count:
                 try:
@@ -467,16 +466,14 @@ async def fetch_attachment(
     return out
 
 
-def _resume_part(part: Path, digest: hashlib._Hash) -> int:
-    """Cut ``part`` to its complete chunks, hash them into ``digest``; the next index."""
+def _resume_part(part: Path) -> tuple[int, hashlib._Hash]:
+    """Cut ``part`` to its complete chunks; the next chunk's index and the hash so far."""
     if not part.exists():
-        return 0
+        return 0, hashlib.sha256()
     index = part.stat().st_size // CHUNK_PLAIN
     with part.open("r+b") as fh:
         fh.truncate(index * CHUNK_PLAIN)
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return index
+        return index, hashlib.file_digest(fh, "sha256")
 
 
 async def _read_from(

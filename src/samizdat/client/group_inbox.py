@@ -198,14 +198,30 @@ def _hold_pending(client: Client, session_id: str) -> None:
     room key comes first, from a device we cannot yet tie to a member (an invitation, or a
     member added since our last state). The cap bounds what a stranger can make us store.
     """
-    raw = client._store.get("gpend", "")
-    held = [] if raw is None else msgspec.msgpack.decode(raw, type=list[str])
-    held = [s for s in held if s != session_id] + [session_id]
-    for old in held[:-_MAX_PENDING_KEYS]:
+    for old in _newest_sessions(client, "gpend", session_id, _MAX_PENDING_KEYS):
         stale = client._store.get("gin", old)
         if stale is not None and not msgspec.msgpack.decode(stale, type=InboundRecord).sender_user:
             client._store.delete("gin", old)
-    client._store.put("gpend", "", msgspec.msgpack.encode(held[-_MAX_PENDING_KEYS:]))
+
+
+def _session_list(client: Client, kind: str) -> list[str]:
+    raw = client._store.get(kind, "")
+    return [] if raw is None else msgspec.msgpack.decode(raw, type=list[str])
+
+
+def _newest_sessions(client: Client, kind: str, session_id: str, cap: int) -> list[str]:
+    """Move ``session_id`` to the newest end of the list kept under ``kind``, keep the
+    newest ``cap``; returns the ones that fell off, for the caller to forget."""
+    order = [s for s in _session_list(client, kind) if s != session_id] + [session_id]
+    client._store.put(kind, "", msgspec.msgpack.encode(order[-cap:]))
+    return order[:-cap]
+
+
+def _forget_session(client: Client, kind: str, session_id: str) -> None:
+    order = _session_list(client, kind)
+    if session_id in order:
+        order.remove(session_id)
+        client._store.put(kind, "", msgspec.msgpack.encode(order))
 
 
 def _hold_box(client: Client, box: GroupBox) -> None:
@@ -224,18 +240,14 @@ def _hold_box(client: Client, box: GroupBox) -> None:
     raw = client._store.get("gheld", box.session_id)
     boxes = [] if raw is None else msgspec.msgpack.decode(raw, type=list[GroupBox])
     if len(boxes) >= _MAX_HELD_PER_SESSION:
-        log.info("dropped a group message whose key we do not hold (too many held)")
+        log.info("dropped a group message we cannot open yet (too many held)")
         return
     boxes.append(box)
     client._store.put("gheld", box.session_id, msgspec.msgpack.encode(boxes))
-    raw = client._store.get("gheldq", "")
-    order = [] if raw is None else msgspec.msgpack.decode(raw, type=list[str])
-    order = [s for s in order if s != box.session_id] + [box.session_id]
-    for old in order[:-_MAX_HELD_SESSIONS]:
+    for old in _newest_sessions(client, "gheldq", box.session_id, _MAX_HELD_SESSIONS):
         client._store.delete("gheld", old)
-        log.info("dropped group messages whose key never came")
-    client._store.put("gheldq", "", msgspec.msgpack.encode(order[-_MAX_HELD_SESSIONS:]))
-    log.info("holding a group message until its room key comes")
+        log.info("dropped held group messages that never opened")
+    log.info("holding a group message until its key or its sender's membership comes")
 
 
 def _replay_held(client: Client, session_id: str) -> list[Received]:
@@ -245,12 +257,7 @@ def _replay_held(client: Client, session_id: str) -> list[Received]:
     if raw is None:
         return []
     client._store.delete("gheld", session_id)
-    raw_order = client._store.get("gheldq", "")
-    if raw_order is not None:
-        order = msgspec.msgpack.decode(raw_order, type=list[str])
-        client._store.put(
-            "gheldq", "", msgspec.msgpack.encode([s for s in order if s != session_id])
-        )
+    _forget_session(client, "gheldq", session_id)
     shown: list[Received] = []
     for box in msgspec.msgpack.decode(raw, type=list[GroupBox]):
         try:
@@ -263,9 +270,8 @@ def _replay_held(client: Client, session_id: str) -> list[Received]:
 def _replay_group(client: Client, group_id: bytes) -> list[Received]:
     """Open again what is held in ``group_id``'s sessions whose key we have (messages from
     senders that were not yet members when they came)."""
-    raw = client._store.get("gheldq", "")
     shown: list[Received] = []
-    for session_id in [] if raw is None else msgspec.msgpack.decode(raw, type=list[str]):
+    for session_id in _session_list(client, "gheldq"):
         key = client._store.get("gin", session_id)
         if key is not None and msgspec.msgpack.decode(key, type=InboundRecord).group_id == group_id:
             shown += _replay_held(client, session_id)

@@ -32,6 +32,7 @@ both). Differences that come from several nodes writing at once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -790,8 +791,11 @@ class PostgresStore:
 
     async def _ack_batch(self, batch: list[_PendingAck]) -> None:
         sweeps = self._msg_id_sweeps
-        due = [(ack.device_id, sweeps.cutoff(ack.device_id, ack.now_ms)) for ack in batch]
-        forget = [(device_id, cutoff) for device_id, cutoff in due if cutoff is not None]
+        forget = {
+            ack.device_id: cutoff
+            for ack in batch
+            if (cutoff := sweeps.cutoff(ack.device_id, ack.now_ms)) is not None
+        }
 
         async def run(conn: Conn) -> list[Any]:
             return list(
@@ -801,9 +805,8 @@ class PostgresStore:
             )
 
         async def forget_old(conn: Conn) -> None:
-            # The acks of one batch came within moments: the latest cutoff forgets for all.
-            cutoff = max(cutoff for _, cutoff in forget)
-            await conn.execute(_FORGET_MSG_IDS, [d for d, _ in forget], cutoff)
+            # One cutoff for all: the earliest, so no device forgets a msg_id early.
+            await conn.execute(_FORGET_MSG_IDS, list(forget), min(forget.values()))
 
         try:
             rows = await self._statement(run)
@@ -817,10 +820,8 @@ class PostgresStore:
             if not ack.future.done():
                 ack.future.set_result(deleted.get(ack.device_id, 0))
         if forget:
-            try:
+            with contextlib.suppress(LocalError):  # logged; the rows wait for the next sweep
                 await self._statement(forget_old)
-            except LocalError:  # logged; the rows wait for the next sweep
-                pass
 
     async def _deposit_batch(self, batch: list[_Pending]) -> None:
         """Write ``batch`` in one statement and answer each depositor."""
