@@ -135,3 +135,26 @@ async def test_a_new_members_message_before_the_state_that_adds_them_is_shown_af
 def _session(body: bytes) -> str | None:
     box = decode_group_box(body)
     return None if box is None else box.session_id
+
+
+async def test_listen_with_a_count_yields_no_more_than_it_and_keeps_the_rest(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """The room key's entry opens two held messages at once; ``count=1`` gets one of them,
+    and the next call the other, though the server will not deliver that entry again."""
+    async with users(tmp_path, server.link, "ann", "bea") as (ann, bea):
+        await befriend(ann, bea)
+        name = await groups.create(ann, "pair", ["bea"])
+        await groups.send(ann, name, "first words")
+        await groups.send(ann, name, "second words")
+        entries = await _take_unread(bea)
+        fanned = [e.body for e in entries if decode_group_box(e.body) is not None]
+        sealed = [e.body for e in entries if decode_group_box(e.body) is None]
+        await _put_back(bea, fanned + sealed)
+
+        first = [m.text async for m in bea.listen(count=1, timeout=2.0)]
+        second = [m.text async for m in bea.listen(count=1, timeout=2.0)]
+
+        assert first == ["first words"]
+        assert second == ["second words"]
+        assert await drain(bea) == []

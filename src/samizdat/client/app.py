@@ -15,6 +15,7 @@ the methods here keep the public API.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -135,6 +136,9 @@ class Client:
         #: Called after ``listen`` stored a batch of entries, shown or not (a reaction, an
         #: edit, a receipt): the browser UI (web/service.py) refreshes what it shows.
         self.on_stored: Callable[[], object] | None = None
+        #: Messages stored and readable that ``listen`` has not yielded yet, in memory
+        #: only (they are in the history already): one entry can make several readable.
+        self.ready: collections.deque[Received] = collections.deque()
 
     # -- lifecycle -----------------------------------------------------------------
 
