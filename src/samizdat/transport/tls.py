@@ -76,18 +76,19 @@ async def open_tls(
     # after the handshake (the transport then shuts TLS down gracefully and is not closing
     # yet), freed its descriptor under it; the next socket got the same number and asyncio
     # refused it ("File descriptor N is used by transport"; seen once in CI, a 5-kill run).
+    # ``asyncio.timeout``, not ``wait_for``: the connection runs in this task, so the
+    # transport takes the duplicate before the first suspension; a ``wait_for`` task
+    # cancelled before it started left the duplicate to the garbage collector.
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
+        async with asyncio.timeout(seconds):
+            reader, writer = await asyncio.open_connection(
                 sock=sock.dup(),
                 ssl=context,
                 # An empty name makes asyncio send no SNI at all.
                 server_hostname=sni or "",
                 ssl_handshake_timeout=seconds,
                 limit=_STREAM_LIMIT,
-            ),
-            seconds,
-        )
+            )
     except ssl.SSLCertVerificationError as exc:
         sock.close()
         raise StageFailed(
