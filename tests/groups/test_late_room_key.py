@@ -52,22 +52,28 @@ async def _put_back(client: Client, bodies: list[bytes]) -> None:
         )
 
 
+async def _two_messages_before_their_key(ann: Client, bea: Client) -> list[bytes]:
+    """ann writes bea twice in a new group; bea's mailbox gets it back fan-outs first.
+
+    Returns the fanned-out bodies (the group's state and both messages, in ann's Megolm
+    session; the key and the invitation travel sealed, over Olm)."""
+    name = await groups.create(ann, "pair", ["bea"])
+    await groups.send(ann, name, "first words")
+    await groups.send(ann, name, "second words")
+    entries = await _take_unread(bea)
+    fanned = [e.body for e in entries if decode_group_box(e.body) is not None]
+    sealed = [e.body for e in entries if decode_group_box(e.body) is None]
+    assert len(fanned) >= 2 and sealed
+    await _put_back(bea, fanned + sealed)
+    return fanned
+
+
 async def test_group_messages_before_their_room_key_are_shown_when_it_comes(
     tmp_path: Path, server: ServerProcess
 ) -> None:
     async with users(tmp_path, server.link, "ann", "bea") as (ann, bea):
         await befriend(ann, bea)
-        name = await groups.create(ann, "pair", ["bea"])
-        await groups.send(ann, name, "first words")
-        await groups.send(ann, name, "second words")
-        entries = await _take_unread(bea)
-        fanned = [e.body for e in entries if decode_group_box(e.body) is not None]
-        sealed = [e.body for e in entries if decode_group_box(e.body) is None]
-        # The group's state and both messages travel in ann's Megolm session; its key
-        # and the invitation over Olm.
-        assert len(fanned) >= 2 and sealed
-
-        await _put_back(bea, fanned + sealed)
+        fanned = await _two_messages_before_their_key(ann, bea)
         shown = await drain(bea)
 
         assert [(m.group, m.sender, m.text) for m in shown] == [
@@ -144,14 +150,7 @@ async def test_listen_with_a_count_yields_no_more_than_it_and_keeps_the_rest(
     and the next call the other, though the server will not deliver that entry again."""
     async with users(tmp_path, server.link, "ann", "bea") as (ann, bea):
         await befriend(ann, bea)
-        name = await groups.create(ann, "pair", ["bea"])
-        await groups.send(ann, name, "first words")
-        await groups.send(ann, name, "second words")
-        entries = await _take_unread(bea)
-        fanned = [e.body for e in entries if decode_group_box(e.body) is not None]
-        sealed = [e.body for e in entries if decode_group_box(e.body) is None]
-        await _put_back(bea, fanned + sealed)
-
+        await _two_messages_before_their_key(ann, bea)
         first = [m.text async for m in bea.listen(count=1, timeout=2.0)]
         second = [m.text async for m in bea.listen(count=1, timeout=2.0)]
 
