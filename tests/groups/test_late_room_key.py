@@ -24,7 +24,7 @@ from samizdat.protocol.control import (
     decode_group_box,
     encode_group_box,
 )
-from tests.e2e.harness import ServerProcess
+from tests.e2e.harness import PASSPHRASE, ServerProcess
 from tests.groups.helpers import befriend, drain, users
 
 
@@ -147,13 +147,20 @@ async def test_listen_with_a_count_yields_no_more_than_it_and_keeps_the_rest(
     tmp_path: Path, server: ServerProcess
 ) -> None:
     """The room key's entry opens two held messages at once; ``count=1`` gets one of them,
-    and the next call the other, though the server will not deliver that entry again."""
+    and the next call the other (here from the store reopened, as a new `samizdat listen
+    --count 1` process would), though the server will not deliver that entry again."""
     async with users(tmp_path, server.link, "ann", "bea") as (ann, bea):
         await befriend(ann, bea)
         await _two_messages_before_their_key(ann, bea)
         first = [m.text async for m in bea.listen(count=1, timeout=2.0)]
-        second = [m.text async for m in bea.listen(count=1, timeout=2.0)]
+        await bea.close()
+        bea = await Client.open(tmp_path / "bea", PASSPHRASE)
+        try:
+            second = [m.text async for m in bea.listen(count=1, timeout=2.0)]
+            rest = await drain(bea)
+        finally:
+            await bea.close()
 
         assert first == ["first words"]
         assert second == ["second words"]
-        assert await drain(bea) == []
+        assert rest == []

@@ -15,7 +15,6 @@ the methods here keep the public API.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import logging
@@ -136,9 +135,6 @@ class Client:
         #: Called after ``listen`` stored a batch of entries, shown or not (a reaction, an
         #: edit, a receipt): the browser UI (web/service.py) refreshes what it shows.
         self.on_stored: Callable[[], object] | None = None
-        #: Messages stored and readable that ``listen`` has not yielded yet, in memory
-        #: only (they are in the history already): one entry can make several readable.
-        self.ready: collections.deque[Received] = collections.deque()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -575,7 +571,9 @@ class Client:
         """Yield messages as they arrive on our server.
 
         Stops after ``count`` messages, or once no message arrived for ``timeout``
-        seconds (an idle timeout; None waits forever). Entries are acknowledged once
+        seconds (an idle timeout; None waits forever). Messages an entry made readable
+        beyond ``count`` (a room key opens every message held for it) wait in the
+        encrypted store for the next call. Entries are acknowledged once
         stored, so an interrupted ``listen`` loses nothing.
         """
         return receiving.listen(self, count, timeout)

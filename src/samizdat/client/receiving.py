@@ -43,6 +43,9 @@ __all__ = ["Received", "listen", "subscribe", "process", "open_mailbox_entry", "
 
 log = logging.getLogger(__name__)
 
+#: The store's log of messages stored and readable that ``listen`` has not yielded yet.
+_READY = "ready"
+
 
 @dataclass(frozen=True)
 class Received:
@@ -67,15 +70,22 @@ async def listen(
     """Yield messages as they arrive on our server.
 
     Stops after ``count`` messages, or once no message arrived for ``timeout``
-    seconds (an idle timeout; None waits forever). Entries are acknowledged once
+    seconds (an idle timeout; None waits forever). Messages an entry made readable
+    beyond ``count`` (a room key opens every message held for it) wait in the
+    encrypted store for the next call. Entries are acknowledged once
     stored, so an interrupted ``listen`` loses nothing.
     """
     yielded = 0
-    # Messages an earlier call made readable but did not yield (a room key can open
-    # several held ones at once, more than its ``count`` left room for) come first.
-    while client.ready and (count is None or yielded < count):
+    # Messages an earlier call (in this process or another) made readable but did not
+    # yield come first: a room key can open several held ones at once, more than its
+    # ``count`` left room for.
+    for row_id, value in client._store.read_log_rows(_READY, ""):
+        if count is not None and yielded >= count:
+            return
+        with client._store.locked():
+            client._store.delete_log_rows([row_id])
         yielded += 1
-        yield client.ready.popleft()
+        yield msgspec.msgpack.decode(value, type=Received)
     failures = 0
     since = asyncio.get_running_loop().time()
     resent_on: Connection | None = None
@@ -129,10 +139,12 @@ async def listen(
             await message_actions.after_batch(client)
             if client.on_stored is not None:
                 client.on_stored()
+        if count is not None and yielded + len(batch) > count:
+            batch, rest = batch[: count - yielded], batch[count - yielded :]
+            with client._store.locked():
+                for received in rest:
+                    client._store.append(_READY, "", msgspec.msgpack.encode(received))
         for received in batch:
-            if count is not None and yielded >= count:
-                client.ready.append(received)
-                continue
             yielded += 1
             yield received
 
