@@ -39,6 +39,7 @@ import msgspec
 from samizdat.client.groups import OutboundRecord, outbound_is_fresh
 from samizdat.client.messaging import (
     KEEP_OLM_SESSIONS,
+    KEEP_RETIRED_SESSION_IDS,
     decrypt_olm,
     device_keys,
     open_entry,
@@ -134,6 +135,18 @@ class Device:
     #: session id -> group entries that came before its room key, opened when it comes
     #: (``group_inbox._hold_box``; with each, whether it was a late replay).
     held: dict[str, list[_Held]] = field(default_factory=dict)
+    #: remote identity key -> ids of sessions let go past KEEP_SESSIONS, as
+    #: ``Client._save_sessions`` keeps them ("retired" records).
+    retired: dict[bytes, list[str]] = field(default_factory=dict)
+
+    def trim(self, peer_key: bytes) -> None:
+        """``Client._save_sessions``: keep the first KEEP_SESSIONS, remember the rest."""
+        sessions = self.sessions.get(peer_key, [])
+        if len(sessions) > KEEP_SESSIONS:
+            ids = self.retired.setdefault(peer_key, [])
+            ids += [s.session_id for s in sessions[KEEP_SESSIONS:]]
+            del ids[:-KEEP_RETIRED_SESSION_IDS]
+            del sessions[KEEP_SESSIONS:]
 
     @classmethod
     def create(cls, index: int) -> Device:
@@ -249,7 +262,7 @@ class Fuzzer:
         olm_type, olm = sessions[0].encrypt(pad(encode_struct(payload)))
         self._last_olm_session = sessions[0].session_id
         self.ever_held.add((sender.index, sessions[0].session_id))
-        del sessions[KEEP_SESSIONS:]
+        sender.trim(recipient.keys.identity_key)
         return seal_to_device(recipient.keys, sender.account.identity_key, olm_type, olm)
 
     def _post(self, to: int, entry: Entry) -> None:
@@ -370,9 +383,16 @@ class Fuzzer:
             if len(self.published[device.index]) < LOW_KEYS:
                 self._top_up(device.index)
 
-        plaintext = decrypt_olm(sessions, sealed, lambda: device.account, save)
-        self.ever_held.add((device.index, sessions[0].session_id))
-        del sessions[KEEP_SESSIONS:]
+        plaintext = decrypt_olm(
+            sessions,
+            sealed,
+            lambda: device.account,
+            save,
+            lambda: device.retired.get(sender_key, []),
+        )
+        if sessions:
+            self.ever_held.add((device.index, sessions[0].session_id))
+        device.trim(sender_key)
         payload = decode_payload(unpad(plaintext))
         sender = self._by_identity(sender_key)
         if payload.kind == PayloadKind.CONTROL and payload.control is not None:
@@ -533,7 +553,7 @@ class Fuzzer:
         held = sender.sessions.setdefault(peer.keys.identity_key, [])
         held.insert(0, session)
         self.ever_held.add((a, session.session_id))
-        del held[KEEP_SESSIONS:]
+        sender.trim(peer.keys.identity_key)
 
     def drain_keys(self) -> None:
         """Someone claimed every published one-time key: new sessions use the fallback.

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from samizdat.client.app import Client, Received
+from samizdat.crypto.olm import OlmAccount
 from samizdat.errors import LocalError, NotFound, WrongPassphrase
 
 PASSPHRASE = "a passphrase for tests"
@@ -144,3 +145,23 @@ async def test_no_secret_in_reprs(people: tuple[Client, Client]) -> None:
     for obj in objects:
         text = repr(obj) + str(obj)
         assert not [n for n in needles if n in text], type(obj)
+
+
+async def test_sessions_let_go_are_remembered_for_late_pre_key_messages(
+    people: tuple[Client, Client],
+) -> None:
+    """``_save_sessions`` keeps KEEP_OLM_SESSIONS per device and remembers the ids of the
+    rest, which ``decrypt_olm`` reads a late pre-key message with but does not keep."""
+    _, bob = people
+    peer = OlmAccount.create()
+    key = peer.generate_fallback_key().key
+    made = [bob._load_account().create_outbound_session(peer.identity_key, key) for _ in range(19)]
+    with bob._store.locked():
+        bob._save_sessions(peer.identity_key, made[:17])
+        assert bob._retired_sessions(peer.identity_key) == [made[16].session_id]
+        bob._save_sessions(peer.identity_key, made[17:] + made[:16])
+    kept = [s.session_id for s in bob._load_sessions(peer.identity_key)]
+    assert kept == [s.session_id for s in made[17:] + made[:14]]
+    assert bob._retired_sessions(peer.identity_key) == [
+        s.session_id for s in (made[16], made[14], made[15])
+    ]

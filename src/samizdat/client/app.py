@@ -32,6 +32,7 @@ from samizdat.client.attachments import AttachmentInfo
 from samizdat.client.connection import Connection, now_ms
 from samizdat.client.messaging import (
     KEEP_OLM_SESSIONS,
+    KEEP_RETIRED_SESSION_IDS,
     VerifiedCard,
     auth_proof,
     device_keys,
@@ -356,6 +357,16 @@ class Client:
         key = self._store.pickle_key
         pickles = [s.pickle(key) for s in sessions[:KEEP_OLM_SESSIONS]]
         self._store.put("session", identity_key, rec.encode(rec.Sessions(pickles=pickles)))
+        if len(sessions) > KEEP_OLM_SESSIONS:
+            ids = self._retired_sessions(identity_key)
+            ids += [s.session_id for s in sessions[KEEP_OLM_SESSIONS:]]
+            retired = rec.RetiredSessions(ids=ids[-KEEP_RETIRED_SESSION_IDS:])
+            self._store.put("retired", identity_key, rec.encode(retired))
+
+    def _retired_sessions(self, identity_key: bytes) -> list[str]:
+        """Ids of the sessions with this device that ``_save_sessions`` let go, oldest first."""
+        raw = self._store.get("retired", identity_key)
+        return [] if raw is None else rec.decode(raw, rec.RetiredSessions).ids
 
     def _contact(self, cid: bytes) -> Contact:
         raw = self._store.get("contact", cid)

@@ -7,7 +7,7 @@ device, opening a mailbox entry, and verifying a contact card.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Final
 
@@ -57,6 +57,9 @@ __all__ = [
 #: a message still on its way (a slow mailbox, a second device) may use an older one: with
 #: 4 kept, the session fuzzer (fuzz/sessions.py) saw such messages lost.
 KEEP_OLM_SESSIONS: Final = 16
+#: Ids of sessions let go past KEEP_OLM_SESSIONS remembered per remote device, so that a
+#: late pre-key message of one does not start a copy (``decrypt_olm``).
+KEEP_RETIRED_SESSION_IDS: Final = 256
 
 
 def device_keys(account: OlmAccount, sealing: SealingKey) -> DeviceKeys:
@@ -134,6 +137,7 @@ def decrypt_olm(
     sealed: Sealed,
     load_account: Callable[[], OlmAccount],
     save_account: Callable[[OlmAccount], None],
+    retired: Callable[[], Collection[str]] = frozenset,
 ) -> bytes:
     """Decrypt an opened entry with the sessions held for its sender, or a new one.
 
@@ -146,6 +150,10 @@ def decrypt_olm(
     refused, not answered with a new session. (With the fallback key, which is not
     consumed, it would otherwise start a copy of the session; our replies on that copy
     do not decrypt at the sender, whose ratchet has moved on: found by fuzz/sessions.py.)
+    A pre-key message of a session we held and let go (``retired``: ids of sessions
+    dropped past ``KEEP_OLM_SESSIONS``) is read with a copy that is not kept, for the
+    same reason: kept first, the copy would carry our next messages, which the sender
+    cannot read.
 
     Raises:
         DecryptionError: no session decrypts it and it does not start one.
@@ -168,6 +176,8 @@ def decrypt_olm(
     session, plaintext = account.create_inbound_session(
         sealed.sender_identity_key, sealed.olm_type, sealed.olm
     )
+    if session.session_id in retired():
+        return plaintext
     sessions.insert(0, session)
     save_account(account)
     return plaintext

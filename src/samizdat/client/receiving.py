@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -180,7 +181,13 @@ def open_mailbox_entry(client: Client, entry: frames.Entry) -> list[Received]:
     sealed = open_entry(client._sealing, entry.body)
     sender_key = sealed.sender_identity_key
     sessions = client._load_sessions(sender_key)
-    plaintext = decrypt_olm(sessions, sealed, client._load_account, client._save_account)
+    plaintext = decrypt_olm(
+        sessions,
+        sealed,
+        client._load_account,
+        client._save_account,
+        functools.partial(client._retired_sessions, sender_key),
+    )
     client._save_sessions(sender_key, sessions)
     payload = decode_payload(unpad(plaintext))
     if payload.kind == PayloadKind.CONTROL and payload.control is not None:

@@ -96,6 +96,13 @@ class Sessions(msgspec.Struct):
     pickles: list[str]
 
 
+class RetiredSessions(msgspec.Struct):
+    """Ids of Olm sessions with one remote device that we let go, oldest first: a late
+    pre-key message of one must not start it again (``messaging.decrypt_olm``)."""
+
+    ids: list[str]
+
+
 class PendingUpload(msgspec.Struct, frozen=True):
     """An upload that has not finished, so that the next upload of the same file, even
     after a crash or a restart, continues where it stopped (client/attachments.py): same
@@ -166,7 +173,9 @@ def append_history(
 
 
 _T = TypeVar("_T")
-_Record = Identity | Contact | Sessions | OutboxItem | HistoryRecord | PendingUpload
+_Record = (
+    Identity | Contact | Sessions | RetiredSessions | OutboxItem | HistoryRecord | PendingUpload
+)
 
 
 def encode(value: _Record) -> bytes:
