@@ -20,7 +20,10 @@ Checked after every action:
   (removed members and members added later read nothing sent outside their membership);
 * *liveness*: an entry that reaches its intended recipient unmodified decrypts, unless
   the reason it cannot is one the protocol accepts (listed in ``EXPECTED``), e.g. its room
-  key was dropped by the network, or its group sender was removed meanwhile.
+  key was dropped by the network, or its group sender was removed meanwhile, or it is
+  an Olm message beyond vodozemac's bounds on late messages (``Ratchet``, a model of the
+  double ratchet's chains and skipped keys; an entry the model says cannot open that
+  opens is a failure too, so the model is checked as it is used).
 
 The fuzzer prints the action count per kind and every failure; the exit code is 1 on any.
 """
@@ -94,10 +97,80 @@ EXPECTED = frozenset(
         "receiver removed",  # a former member drops all traffic of the group
         "already shown",  # a duplicate or replay: deduped
         "session dropped",  # its Olm session is no longer among the KEEP_SESSIONS kept
+        "ratchet window",  # beyond vodozemac's bounds on late Olm messages (``Ratchet``)
     }
 )
 _PICKLE_KEY = bytes(range(32))
 _GROUP = b"G" * 16
+#: vodozemac's Olm bounds (src/olm/session: double_ratchet.rs, receiver_chain.rs).
+MAX_RECEIVING_CHAINS = 5
+MAX_MESSAGE_KEYS = 40
+MAX_MESSAGE_GAP = 2000
+
+
+@dataclass
+class _Chain:
+    """One receiving chain: the sender's chain number, the next index, skipped keys."""
+
+    number: int
+    next: int = 0
+    skipped: deque[int] = field(default_factory=lambda: deque(maxlen=MAX_MESSAGE_KEYS))
+
+
+@dataclass
+class Ratchet:
+    """One side of one Olm session, as vodozemac's double ratchet bounds it.
+
+    Chains are numbered in the order the two sides make them: the initiator sends on 0,
+    the responder's first sending chain is 1, the initiator's next 2, ... A side makes a
+    new sending chain when it sends after it made a new receiving chain. Olm carries no
+    count of the previous chain's messages, so a message of a chain the receiver never
+    saw, once a newer one arrived, cannot open; nor one of a chain among more than
+    MAX_RECEIVING_CHAINS newer; nor one whose key fell out of the last MAX_MESSAGE_KEYS
+    skipped. The checker exempts exactly these losses (``window``), and fails if one opens.
+    """
+
+    sending: int = 0
+    next_send: int = 0
+    turn: bool = False
+    chains: list[_Chain] = field(default_factory=list)
+
+    @classmethod
+    def responder(cls) -> Ratchet:
+        return cls(sending=-1, turn=True, chains=[_Chain(0)])
+
+    def send(self) -> tuple[int, int]:
+        if self.turn:
+            self.sending, self.next_send, self.turn = self.chains[-1].number + 1, 0, False
+        self.next_send += 1
+        return self.sending, self.next_send - 1
+
+    def window(self, chain: int, index: int) -> str | None:
+        """Why a message at (chain, index) cannot open here, or None if it can."""
+        found = next((c for c in self.chains if c.number == chain), None)
+        if found is None:
+            newest = self.chains[-1].number if self.chains else -1
+            if chain <= newest or chain != self.sending + 1:
+                return "its chain is no longer kept, or was skipped"
+            found = _Chain(chain)
+        if index < found.next:
+            return None if index in found.skipped else "its key is no longer kept"
+        if index - found.next > MAX_MESSAGE_GAP:
+            return "too far ahead"
+        return None
+
+    def opened(self, chain: int, index: int) -> None:
+        found = next((c for c in self.chains if c.number == chain), None)
+        if found is None:
+            found = _Chain(chain)
+            self.chains.append(found)
+            del self.chains[:-MAX_RECEIVING_CHAINS]
+            self.turn = True
+        if index < found.next:
+            found.skipped.remove(index)
+            return
+        found.skipped.extend(range(max(found.next, index - MAX_MESSAGE_KEYS), index))
+        found.next = index + 1
 
 
 @dataclass
@@ -113,8 +186,9 @@ class Entry:
     #: Megolm session id of a group message.
     session_id: str | None = None
     tampered: bool = False
-    #: The Olm session an Olm entry was encrypted with.
+    #: The Olm session an Olm entry was encrypted with, and its (chain, index) there.
     olm_session: str | None = None
+    olm_position: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -228,6 +302,11 @@ class Fuzzer:
         self.report = Report()
         self._clock = 1_700_000_000_000
         self._last_olm_session: str | None = None
+        self._last_olm_position = (0, 0)
+        #: Why the entry being received cannot open under the ratchet model, if it cannot.
+        self._window: str | None = None
+        #: (device, Olm session id) -> that side's ratchet model.
+        self.ratchets: dict[tuple[int, str], Ratchet] = {}
         #: (device, Olm session id) of every session a device has used.
         self.ever_held: set[tuple[int, str]] = set()
 
@@ -261,6 +340,9 @@ class Fuzzer:
             )
         olm_type, olm = sessions[0].encrypt(pad(encode_struct(payload)))
         self._last_olm_session = sessions[0].session_id
+        # A session first used to send was made here (outbound): the initiator's ratchet.
+        ratchet = self.ratchets.setdefault((sender.index, sessions[0].session_id), Ratchet())
+        self._last_olm_position = ratchet.send()
         self.ever_held.add((sender.index, sessions[0].session_id))
         sender.trim(recipient.keys.identity_key)
         return seal_to_device(recipient.keys, sender.account.identity_key, olm_type, olm)
@@ -280,6 +362,7 @@ class Fuzzer:
         self.sent[(a, msg_id)] = text
         entry = Entry(body, a, frozenset({b}), (a, msg_id, text))
         entry.olm_session = self._last_olm_session
+        entry.olm_position = self._last_olm_position
         self._post(b, entry)
 
     def send_group(self, a: int | None = None) -> None:
@@ -311,7 +394,9 @@ class Fuzzer:
                 control=encode_control(room_key),
             )
             body = self._olm_body(sender, self.devices[i], payload)
-            self._post(i, Entry(body, a, frozenset({i}), None, olm_session=self._last_olm_session))
+            entry = Entry(body, a, frozenset({i}), None, olm_session=self._last_olm_session)
+            entry.olm_position = self._last_olm_position
+            self._post(i, entry)
         msg_id = secrets.token_bytes(16)
         text = f"group {a} {self.rng.random()!r}"
         megolm = session.encrypt(
@@ -354,6 +439,7 @@ class Fuzzer:
         device = self.devices[to]
         box = None
         self.last_shown = None
+        self._window = None
         try:
             box = decode_group_box(entry.body)
             if box is not None:
@@ -367,6 +453,8 @@ class Fuzzer:
             dropped = (to, entry.olm_session) in self.ever_held
             if dropped and all(s.session_id != entry.olm_session for s in held):
                 outcome = "session dropped"
+            elif self._window is not None:
+                outcome = "ratchet window"
         self._judge(to, entry, outcome, late)
         if not outcome.startswith("does not decrypt"):
             self.opened.add((to, hash(entry.body)))
@@ -383,6 +471,12 @@ class Fuzzer:
             if len(self.published[device.index]) < LOW_KEYS:
                 self._top_up(device.index)
 
+        session_id, (chain, index) = entry.olm_session, entry.olm_position
+        # Only a session still held is bounded so (one let go is ``session dropped``, or
+        # read with a copy, ``decrypt_olm``).
+        held = session_id is not None and any(s.session_id == session_id for s in sessions)
+        ratchet = self.ratchets.get((device.index, session_id)) if held and session_id else None
+        self._window = None if ratchet is None else ratchet.window(chain, index)
         plaintext = decrypt_olm(
             sessions,
             sealed,
@@ -390,6 +484,12 @@ class Fuzzer:
             save,
             lambda: device.retired.get(sender_key, []),
         )
+        if self._window is not None:
+            self._fail(f"device {device.index} opened what the ratchet model says cannot open")
+        if session_id is not None and any(s.session_id == session_id for s in sessions):
+            if ratchet is None:  # this pre-key message made the session here
+                ratchet = self.ratchets[(device.index, session_id)] = Ratchet.responder()
+            ratchet.opened(chain, index)
         if sessions:
             self.ever_held.add((device.index, sessions[0].session_id))
         device.trim(sender_key)
