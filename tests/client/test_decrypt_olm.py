@@ -14,11 +14,17 @@ def _receive(account: OlmAccount, sessions: list[OlmSession], sealed: Sealed) ->
     return decrypt_olm(sessions, sealed, lambda: account, lambda _: None)
 
 
-def test_a_replayed_fallback_pre_key_message_is_refused_and_the_session_goes_on() -> None:
+def _over_fallback() -> tuple[OlmAccount, OlmAccount, OlmSession]:
+    """alice, bob, and alice's session to bob on his fallback key, which a session does
+    not consume: replays and late pre-key messages can reuse it."""
     alice, bob = OlmAccount.create(), OlmAccount.create()
-    fallback = bob.generate_fallback_key()  # not consumed by a claim: replays could reuse it
+    fallback = bob.generate_fallback_key()
     bob.mark_keys_as_published()
-    outbound = alice.create_outbound_session(bob.identity_key, fallback.key)
+    return alice, bob, alice.create_outbound_session(bob.identity_key, fallback.key)
+
+
+def test_a_replayed_fallback_pre_key_message_is_refused_and_the_session_goes_on() -> None:
+    alice, bob, outbound = _over_fallback()
     olm_type, olm = outbound.encrypt(b"hello")
     assert olm_type == OLM_PRE_KEY
     first = Sealed(sender_identity_key=alice.identity_key, olm_type=olm_type, olm=olm)
@@ -57,11 +63,9 @@ def test_a_late_pre_key_message_of_a_retired_session_opens_without_a_copy_taking
     message of S that comes late is read with a copy of S that is not kept: kept first, the
     copy would carry bob's next message, which alice's S (its ratchet moved on) cannot read.
     Found by fuzz/sessions.py (seed 20261204, 3 devices)."""
-    alice, bob = OlmAccount.create(), OlmAccount.create()
-    fallback = bob.generate_fallback_key()
+    alice, bob, s_alice = _over_fallback()
     one_time = bob.generate_one_time_keys(1)[0]
     bob.mark_keys_as_published()
-    s_alice = alice.create_outbound_session(bob.identity_key, fallback.key)
     late = Sealed(alice.identity_key, *s_alice.encrypt(b"sent long ago"))
     first = Sealed(alice.identity_key, *s_alice.encrypt(b"first"))
     bob_sessions: list[OlmSession] = []
@@ -81,10 +85,7 @@ def test_a_late_pre_key_message_of_a_retired_session_opens_without_a_copy_taking
 
 def test_without_the_retired_ids_the_copy_takes_over_and_alice_cannot_read_bob() -> None:
     """The failure the retired ids prevent, shown on the same path without them."""
-    alice, bob = OlmAccount.create(), OlmAccount.create()
-    fallback = bob.generate_fallback_key()
-    bob.mark_keys_as_published()
-    s_alice = alice.create_outbound_session(bob.identity_key, fallback.key)
+    alice, bob, s_alice = _over_fallback()
     late = Sealed(alice.identity_key, *s_alice.encrypt(b"sent long ago"))
     bob_sessions: list[OlmSession] = []
     assert _receive(bob, bob_sessions, Sealed(alice.identity_key, *s_alice.encrypt(b"1"))) == b"1"
