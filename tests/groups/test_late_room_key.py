@@ -13,10 +13,10 @@ from pathlib import Path
 
 import msgspec
 
-from samizdat.client import group_inbox, groups
+from samizdat.client import group_inbox, groups, msgstate
 from samizdat.client.app import Client
 from samizdat.client.groups import _own_card
-from samizdat.client.receiving import subscribe
+from samizdat.client.receiving import Received, subscribe
 from samizdat.protocol import frames
 from samizdat.protocol.control import (
     GROUP_BOX_VERSION,
@@ -164,3 +164,24 @@ async def test_listen_with_a_count_yields_no_more_than_it_and_keeps_the_rest(
         assert first == ["first words"]
         assert second == ["second words"]
         assert rest == []
+
+
+async def test_a_message_deleted_before_listen_yields_it_is_not_yielded(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """What waits to be yielded goes with its history row (a timer ran out, a delete for
+    everyone: ``msgstate.purge``), so no copy of a deleted message outlives it."""
+    async with users(tmp_path, server.link, "ann", "bea") as (ann, bea):
+        await befriend(ann, bea)
+        await _two_messages_before_their_key(ann, bea)
+        assert [m.text async for m in bea.listen(count=1, timeout=2.0)] == ["first words"]
+        ((_, waiting),) = bea._store.read_log_rows("ready", "")
+        second = msgspec.msgpack.decode(waiting, type=Received)
+        assert second.text == "second words"
+
+        with bea._store.locked():
+            conv = msgstate.group_conv(groups._group_ids(bea)[0])
+            msgstate.purge(bea, conv, {bytes.fromhex(second.id)}, tombstone=False)
+
+        assert bea._store.read_log_rows("ready", "") == []
+        assert [m.text async for m in bea.listen(count=1, timeout=1.0)] == []

@@ -183,9 +183,11 @@ def purge(client: Client, conv: Conv, msg_ids: set[bytes], tombstone: bool) -> N
     """
     from samizdat.client.attachments import forget
     from samizdat.client.groups import GroupHistoryRecord
+    from samizdat.client.receiving import forget_ready
 
     doomed = [row for row in rows(client, conv) if row.msg_id in msg_ids]
     client._store.delete_log_rows([row.row_id for row in doomed])
+    forget_ready(client, msg_ids)
     for msg_id in msg_ids:
         client._store.delete("outbox", msg_id)
         attachment = forget(client._store, msg_id)

@@ -40,7 +40,15 @@ from samizdat.protocol.keys import decode_device_list
 if TYPE_CHECKING:
     from samizdat.client.app import Client
 
-__all__ = ["Received", "listen", "subscribe", "process", "open_mailbox_entry", "sender_contact"]
+__all__ = [
+    "Received",
+    "forget_ready",
+    "listen",
+    "subscribe",
+    "process",
+    "open_mailbox_entry",
+    "sender_contact",
+]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +156,19 @@ async def listen(
         for received in batch:
             yielded += 1
             yield received
+
+
+def forget_ready(client: Client, msg_ids: set[bytes]) -> None:
+    """Drop these messages from what ``listen`` has yet to yield (deleted or expired:
+    ``msgstate.purge``), so that no copy of them outlives their history rows."""
+    ids = {msg_id.hex() for msg_id in msg_ids}
+    doomed = [
+        row_id
+        for row_id, value in client._store.read_log_rows(_READY, "")
+        if msgspec.msgpack.decode(value, type=Received).id in ids
+    ]
+    if doomed:
+        client._store.delete_log_rows(doomed)
 
 
 async def subscribe(client: Client, conn: Connection) -> None:
