@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from samizdat.client.group_inbox import MAX_HELD_PER_SESSION, MAX_HELD_SESSIONS
 from samizdat.client.groups import OutboundRecord, outbound_is_fresh
 from samizdat.client.messaging import (
     KEEP_OLM_SESSIONS,
-    KEEP_RETIRED_SESSION_IDS,
     decrypt_olm,
     device_keys,
     open_entry,
+    retire_sessions,
     seal_to_device,
 )
 from samizdat.crypto.megolm import MegolmInbound, MegolmOutbound
@@ -82,12 +83,9 @@ KEEP_SESSIONS = KEEP_OLM_SESSIONS
 #: One-time keys a device publishes at once, and the level that triggers a top-up.
 BATCH_KEYS = 5
 LOW_KEYS = 2
-#: Reasons an intended, unmodified entry may legitimately not be shown.
 #: A group entry held for its room key, and whether it came as a late replay.
 _Held = tuple["Entry", bool]
-#: group_inbox's caps on messages held for their room key.
-HELD_PER_SESSION = 64
-HELD_SESSIONS = 64
+#: Reasons an intended, unmodified entry may legitimately not be shown.
 EXPECTED = frozenset(
     {
         # Its RoomKey entry was dropped, or is still queued: the message is held, and opened
@@ -217,9 +215,7 @@ class Device:
         """``Client._save_sessions``: keep the first KEEP_SESSIONS, remember the rest."""
         sessions = self.sessions.get(peer_key, [])
         if len(sessions) > KEEP_SESSIONS:
-            ids = self.retired.setdefault(peer_key, [])
-            ids += [s.session_id for s in sessions[KEEP_SESSIONS:]]
-            del ids[:-KEEP_RETIRED_SESSION_IDS]
+            self.retired[peer_key] = retire_sessions(self.retired.get(peer_key, []), sessions)
             del sessions[KEEP_SESSIONS:]
 
     @classmethod
@@ -252,11 +248,11 @@ def _hold(held: dict[str, list[_Held]], session_id: str, item: _Held) -> None:
     if not session_id:
         return
     boxes = held.get(session_id, [])
-    if len(boxes) >= HELD_PER_SESSION:
+    if len(boxes) >= MAX_HELD_PER_SESSION:
         return
     held.pop(session_id, None)
     held[session_id] = boxes + [item]  # now the newest
-    while len(held) > HELD_SESSIONS:
+    while len(held) > MAX_HELD_SESSIONS:
         del held[next(iter(held))]
 
 
@@ -475,7 +471,7 @@ class Fuzzer:
         # Only a session still held is bounded so (one let go is ``session dropped``, or
         # read with a copy, ``decrypt_olm``).
         held = session_id is not None and any(s.session_id == session_id for s in sessions)
-        ratchet = self.ratchets.get((device.index, session_id)) if held and session_id else None
+        ratchet = self.ratchets.get((device.index, session_id or "")) if held else None
         self._window = None if ratchet is None else ratchet.window(chain, index)
         plaintext = decrypt_olm(
             sessions,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -9,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from samizdat.client import receiving
 from samizdat.client.app import Client, Received
+from samizdat.client.messaging import device_keys, seal_to_device
 from samizdat.crypto.olm import OlmAccount
+from samizdat.crypto.padding import pad
 from samizdat.errors import LocalError, NotFound, WrongPassphrase
+from samizdat.protocol import frames
+from samizdat.protocol.envelope import Payload, PayloadKind, encode_struct
 
 PASSPHRASE = "a passphrase for tests"
 
@@ -147,11 +153,9 @@ async def test_no_secret_in_reprs(people: tuple[Client, Client]) -> None:
         assert not [n for n in needles if n in text], type(obj)
 
 
-async def test_sessions_let_go_are_remembered_for_late_pre_key_messages(
-    people: tuple[Client, Client],
-) -> None:
+async def test_sessions_let_go_are_remembered(people: tuple[Client, Client]) -> None:
     """``_save_sessions`` keeps KEEP_OLM_SESSIONS per device and remembers the ids of the
-    rest, which ``decrypt_olm`` reads a late pre-key message with but does not keep."""
+    rest, oldest first."""
     _, bob = people
     peer = OlmAccount.create()
     key = peer.generate_fallback_key().key
@@ -165,3 +169,38 @@ async def test_sessions_let_go_are_remembered_for_late_pre_key_messages(
     assert bob._retired_sessions(peer.identity_key) == [
         s.session_id for s in (made[16], made[14], made[15])
     ]
+
+
+async def test_a_late_pre_key_message_of_a_session_let_go_is_read_and_not_kept(
+    people: tuple[Client, Client],
+) -> None:
+    """Through the receive path: the copy that reads the late message is not kept first
+    (it would carry bob's next messages, which the peer's session cannot read)."""
+    _, bob = people
+    peer = OlmAccount.create()
+    with bob._store.locked():
+        account = bob._load_account()
+        fallback = account.generate_fallback_key()
+        account.mark_keys_as_published()
+        bob._save_account(account)
+    to_bob = peer.create_outbound_session(account.identity_key, fallback.key)
+    keys = device_keys(account, bob._sealing)
+
+    def entry(seq: int) -> frames.Entry:
+        payload = Payload(msg_id=os.urandom(16), sent_at=0, kind=PayloadKind.TEXT, text="hi")
+        olm_type, olm = to_bob.encrypt(pad(encode_struct(payload)))
+        body = seal_to_device(keys, peer.identity_key, olm_type, olm)
+        return frames.Entry(seq=seq, msg_id=os.urandom(16), body=body, received_at=0)
+
+    late, first = entry(1), entry(2)
+    with bob._store.locked():
+        receiving.open_mailbox_entry(bob, first)
+        (held,) = bob._load_sessions(peer.identity_key)
+        key = peer.generate_fallback_key().key
+        newer = [account.create_outbound_session(peer.identity_key, key) for _ in range(16)]
+        bob._save_sessions(peer.identity_key, [*newer, held])  # ``held`` is let go
+        receiving.open_mailbox_entry(bob, late)
+
+    kept = [s.session_id for s in bob._load_sessions(peer.identity_key)]
+    assert kept == [s.session_id for s in newer]
+    assert bob._retired_sessions(peer.identity_key) == [held.session_id]

@@ -95,16 +95,16 @@ async def test_what_is_held_for_keys_that_never_come_is_bounded(
             encode_group_box(
                 GroupBox(v=GROUP_BOX_VERSION, session_id=f"s{i:03}", megolm=b"\0" * 64)
             )
-            for i in range(group_inbox._MAX_HELD_SESSIONS + 6)
+            for i in range(group_inbox.MAX_HELD_SESSIONS + 6)
         ]
-        many = [made_up[-1]] * (group_inbox._MAX_HELD_PER_SESSION + 5)
+        many = [made_up[-1]] * (group_inbox.MAX_HELD_PER_SESSION + 5)
         await _put_back(bea, made_up + many)
         assert await drain(bea) == []
-        assert len(bea._store.values("gheld")) == group_inbox._MAX_HELD_SESSIONS
+        assert len(bea._store.values("gheld")) == group_inbox.MAX_HELD_SESSIONS
         assert bea._store.get("gheld", "s000") is None  # the oldest went first
         last = bea._store.get("gheld", f"s{len(made_up) - 1:03}")
         assert last is not None
-        assert len(msgspec.msgpack.decode(last)) == group_inbox._MAX_HELD_PER_SESSION
+        assert len(msgspec.msgpack.decode(last)) == group_inbox.MAX_HELD_PER_SESSION
 
 
 async def test_a_new_members_message_before_the_state_that_adds_them_is_shown_after_it(

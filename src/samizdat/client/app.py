@@ -32,11 +32,11 @@ from samizdat.client.attachments import AttachmentInfo
 from samizdat.client.connection import Connection, now_ms
 from samizdat.client.messaging import (
     KEEP_OLM_SESSIONS,
-    KEEP_RETIRED_SESSION_IDS,
     VerifiedCard,
     auth_proof,
     device_keys,
     open_entry,
+    retire_sessions,
     sign_device_list,
     sign_one_time_key,
     verify_card,
@@ -358,10 +358,8 @@ class Client:
         pickles = [s.pickle(key) for s in sessions[:KEEP_OLM_SESSIONS]]
         self._store.put("session", identity_key, rec.encode(rec.Sessions(pickles=pickles)))
         if len(sessions) > KEEP_OLM_SESSIONS:
-            ids = self._retired_sessions(identity_key)
-            ids += [s.session_id for s in sessions[KEEP_OLM_SESSIONS:]]
-            retired = rec.RetiredSessions(ids=ids[-KEEP_RETIRED_SESSION_IDS:])
-            self._store.put("retired", identity_key, rec.encode(retired))
+            ids = retire_sessions(self._retired_sessions(identity_key), sessions)
+            self._store.put("retired", identity_key, rec.encode(rec.RetiredSessions(ids=ids)))
 
     def _retired_sessions(self, identity_key: bytes) -> list[str]:
         """Ids of the sessions with this device that ``_save_sessions`` let go, oldest first."""
@@ -582,9 +580,9 @@ class Client:
         """Yield messages as they arrive on our server.
 
         Stops after ``count`` messages, or once no message arrived for ``timeout``
-        seconds (an idle timeout; None waits forever). Messages an entry made readable
-        beyond ``count`` (a room key opens every message held for it) wait in the
-        encrypted store for the next call. Entries are acknowledged once
-        stored, so an interrupted ``listen`` loses nothing.
+        seconds (an idle timeout; None waits forever). Entries are acknowledged once
+        stored, and what they made readable waits in the encrypted store until yielded,
+        so an interrupted ``listen`` loses nothing: beyond ``count`` (a room key opens
+        every message held for it) or across a crash, the next call yields it.
         """
         return receiving.listen(self, count, timeout)

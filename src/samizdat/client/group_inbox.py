@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from samizdat.protocol.blobs import Attachment
 
 __all__ = [
+    "MAX_HELD_PER_SESSION",
+    "MAX_HELD_SESSIONS",
     "on_group_update",
     "on_room_key",
     "on_group_box",
@@ -65,8 +67,8 @@ log = logging.getLogger(__name__)
 #: Room keys held for groups (or senders) we do not know yet.
 _MAX_PENDING_KEYS = 256
 #: Group messages held until their room key comes: per Megolm session, and sessions.
-_MAX_HELD_PER_SESSION = 64
-_MAX_HELD_SESSIONS = 64
+MAX_HELD_PER_SESSION: Final = 64
+MAX_HELD_SESSIONS: Final = 64
 #: A synced group entry's size; below the sync message budget of client/devices.py.
 _SYNC_GROUP_BYTES = 38_000
 
@@ -239,12 +241,12 @@ def _hold_box(client: Client, box: GroupBox) -> None:
         return
     raw = client._store.get("gheld", box.session_id)
     boxes = [] if raw is None else msgspec.msgpack.decode(raw, type=list[GroupBox])
-    if len(boxes) >= _MAX_HELD_PER_SESSION:
+    if len(boxes) >= MAX_HELD_PER_SESSION:
         log.info("dropped a group message we cannot open yet (too many held)")
         return
     boxes.append(box)
     client._store.put("gheld", box.session_id, msgspec.msgpack.encode(boxes))
-    for old in _newest_sessions(client, "gheldq", box.session_id, _MAX_HELD_SESSIONS):
+    for old in _newest_sessions(client, "gheldq", box.session_id, MAX_HELD_SESSIONS):
         client._store.delete("gheld", old)
         log.info("dropped held group messages that never opened")
     log.info("holding a group message until its key or its sender's membership comes")

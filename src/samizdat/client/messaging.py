@@ -42,6 +42,7 @@ from samizdat.protocol.links import ContactCard
 
 __all__ = [
     "KEEP_OLM_SESSIONS",
+    "KEEP_RETIRED_SESSION_IDS",
     "VerifiedCard",
     "device_keys",
     "sign_device_list",
@@ -50,6 +51,7 @@ __all__ = [
     "seal_to_device",
     "open_entry",
     "decrypt_olm",
+    "retire_sessions",
     "verify_card",
 ]
 
@@ -60,6 +62,13 @@ KEEP_OLM_SESSIONS: Final = 16
 #: Ids of sessions let go past KEEP_OLM_SESSIONS remembered per remote device, so that a
 #: late pre-key message of one does not start a copy (``decrypt_olm``).
 KEEP_RETIRED_SESSION_IDS: Final = 256
+
+
+def retire_sessions(retired: list[str], sessions: list[OlmSession]) -> list[str]:
+    """``retired`` with the ids of the sessions past ``KEEP_OLM_SESSIONS`` added (they are
+    let go), the newest ``KEEP_RETIRED_SESSION_IDS`` kept, oldest first."""
+    retired = retired + [s.session_id for s in sessions[KEEP_OLM_SESSIONS:]]
+    return retired[-KEEP_RETIRED_SESSION_IDS:]
 
 
 def device_keys(account: OlmAccount, sealing: SealingKey) -> DeviceKeys:

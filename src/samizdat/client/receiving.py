@@ -79,26 +79,25 @@ async def listen(
     """Yield messages as they arrive on our server.
 
     Stops after ``count`` messages, or once no message arrived for ``timeout``
-    seconds (an idle timeout; None waits forever). Messages an entry made readable
-    beyond ``count`` (a room key opens every message held for it) wait in the
-    encrypted store for the next call. Entries are acknowledged once
-    stored, so an interrupted ``listen`` loses nothing.
+    seconds (an idle timeout; None waits forever). Entries are acknowledged once
+    stored, and what they made readable waits in the encrypted store until yielded
+    (``process``), so an interrupted ``listen`` loses nothing: beyond ``count`` (a room
+    key opens every message held for it) or across a crash, the next call yields it.
     """
     yielded = 0
-    # Messages an earlier call (in this process or another) made readable but did not
-    # yield come first: a room key can open several held ones at once, more than its
-    # ``count`` left room for.
-    for row_id, value in client._store.read_log_rows(_READY, ""):
-        if count is not None and yielded >= count:
-            return
-        with client._store.locked():
-            client._store.delete_log_rows([row_id])
-        yielded += 1
-        yield msgspec.msgpack.decode(value, type=Received)
     failures = 0
     since = asyncio.get_running_loop().time()
     resent_on: Connection | None = None
-    while count is None or yielded < count:
+    while True:
+        for row_id, value in client._store.read_log_rows(_READY, ""):
+            if count is not None and yielded >= count:
+                return
+            with client._store.locked():
+                client._store.delete_log_rows([row_id])
+            yielded += 1
+            yield msgspec.msgpack.decode(value, type=Received)
+        if count is not None and yielded >= count:
+            return
         try:
             # The backoff grows while the server cannot be reached. Once it answered (a
             # login), losing the connection starts it over: a network or a censor that
@@ -131,15 +130,15 @@ async def listen(
             await asyncio.sleep(reach.backoff(failures))
             continue
         since = asyncio.get_running_loop().time()
-        batch: list[Received] = []
+        readable = 0
         last = 0
         for index, entry in enumerate(entries):
-            if count is not None and yielded + len(batch) >= count:
+            if count is not None and yielded + readable >= count:
                 # Delivered on this subscription but not consumed: the server will not
                 # send them again on this connection, so keep them for the next call.
                 conn.backlog = entries[index:]
                 break
-            batch += process(client, entry)
+            readable += len(process(client, entry))
             last = entry.seq
         if last:
             with contextlib.suppress(RemoteError):
@@ -148,14 +147,6 @@ async def listen(
             await message_actions.after_batch(client)
             if client.on_stored is not None:
                 client.on_stored()
-        if count is not None and yielded + len(batch) > count:
-            batch, rest = batch[: count - yielded], batch[count - yielded :]
-            with client._store.locked():
-                for received in rest:
-                    client._store.append(_READY, "", msgspec.msgpack.encode(received))
-        for received in batch:
-            yielded += 1
-            yield received
 
 
 def forget_ready(client: Client, msg_ids: set[bytes]) -> None:
@@ -182,7 +173,8 @@ async def subscribe(client: Client, conn: Connection) -> None:
 
 def process(client: Client, entry: frames.Entry) -> list[Received]:
     """Decrypt, store and dedupe one entry (in one locked transaction); returns the
-    messages to show: its own, or those a room key in it made readable."""
+    messages to show: its own, or those a room key in it made readable. They wait in the
+    store's ``ready`` log, written in the same transaction, until ``listen`` yields them."""
     with client._store.locked():
         raw = client._store.get("cursor", "")
         if raw and entry.seq <= int.from_bytes(raw, "big"):
@@ -191,11 +183,15 @@ def process(client: Client, entry: frames.Entry) -> list[Received]:
         try:
             box = decode_group_box(entry.body)
             if box is not None:
-                return group_inbox.on_group_box(client, box)
-            return open_mailbox_entry(client, entry)
+                shown = group_inbox.on_group_box(client, box)
+            else:
+                shown = open_mailbox_entry(client, entry)
         except (DecryptionError, ProtocolError, msgspec.ValidationError) as exc:
             log.info("dropped a mailbox entry that does not open: %s", type(exc).__name__)
             return []
+        for received in shown:
+            client._store.append(_READY, "", msgspec.msgpack.encode(received))
+        return shown
 
 
 def open_mailbox_entry(client: Client, entry: frames.Entry) -> list[Received]:
